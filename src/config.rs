@@ -1,0 +1,1 @@
+//! Configuration. See the crate map in lib.rs.

@@ -1,0 +1,1 @@
+//! Offender detection. See the crate map in lib.rs.

@@ -1,0 +1,1 @@
+//! Rotation-safe log followers. See the crate map in lib.rs.
