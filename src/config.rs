@@ -579,8 +579,10 @@ mod tests {
     #[test]
     fn embedded_default_equals_serde_defaults() {
         let parsed = Config::parse(DEFAULT_TOML, None).unwrap();
-        let mut expected = Config::default();
-        expected.origin = parsed.origin.clone();
+        let expected = Config {
+            origin: parsed.origin.clone(),
+            ..Config::default()
+        };
         assert_eq!(parsed, expected);
         assert_eq!(parsed.sources[0].path, Path::new("/var/log/exim4/mainlog"));
         assert_eq!(parsed.ban.time, Duration::from_secs(86_400));
