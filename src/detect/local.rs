@@ -177,10 +177,7 @@ fn addresses_of(msg: &AddressMessage) -> impl Iterator<Item = IpAddr> + '_ {
 /// IPv4-mapped IPv6 is stored and looked up as IPv4.
 fn normalise(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(a) => a
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(a)),
+        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
         v4 => v4,
     }
 }

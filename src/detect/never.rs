@@ -74,9 +74,9 @@ impl NeverBan {
             IpAddr::V4(a) => Some(Key::V4(a)),
             IpAddr::V6(a) => {
                 let net = v6_prefix(a, self.v6_prefix);
-                if net.prefix_len() == 128 {
-                    Some(Key::V6Exact(a))
-                } else if self.prefix_holds_protected(net) {
+                // A /128 "prefix" is the address itself; a prefix holding a protected
+                // address shrinks to the offender's own /128.
+                if net.prefix_len() == 128 || self.prefix_holds_protected(net) {
                     Some(Key::V6Exact(a))
                 } else {
                     Some(Key::V6Prefix(net.network(), net.prefix_len()))

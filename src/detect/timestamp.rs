@@ -5,7 +5,8 @@
 //! - [`TimestampFormat::Exim`]: `2026-12-03 16:13:52` or `2026-12-03 16:13:52.417`;
 //! - [`TimestampFormat::Syslog`]: `Dec  3 16:20:01` / `Dec 03 16:30:01` (no year);
 //! - [`TimestampFormat::Rfc3339`]: `2026-12-03T16:18:41.123456+00:00` (or `Z`);
-//! - [`TimestampFormat::None`]: no time in the line (`sshd -E`): the caller's clock.
+//! - [`TimestampFormat::None`]: no time in the line (`sshd -E`): the caller's clock;
+//! - [`TimestampFormat::Auto`]: the first of the above that fits.
 //!
 //! Times without a zone (Exim, syslog) are read as UTC: only differences matter for windows,
 //! and no time zone database is carried. A DST change can stretch or shrink one window by an
@@ -31,6 +32,9 @@ pub enum TimestampFormat {
     /// No timestamp: arrival time.
     #[default]
     None,
+    /// Whichever of RFC 3339, Exim or syslog the line starts with (built-in rules whose
+    /// daemon may log either way); none of them: arrival time.
+    Auto,
 }
 
 /// Per-file time reader (holds the syslog year state).
@@ -58,6 +62,9 @@ impl TimeReader {
             TimestampFormat::Rfc3339 => parse_rfc3339(line),
             TimestampFormat::Syslog => self.read_syslog(line),
             TimestampFormat::None => None,
+            TimestampFormat::Auto => parse_rfc3339(line)
+                .or_else(|| parse_exim(line))
+                .or_else(|| self.read_syslog(line)),
         }
     }
 
@@ -129,7 +136,11 @@ fn fraction(s: &[u8], at: usize) -> (u32, usize) {
         .count();
     let mut nanos = 0u32;
     for i in 0..9 {
-        let d = if i < n { u32::from(s[at + 1 + i] - b'0') } else { 0 };
+        let d = if i < n {
+            u32::from(s[at + 1 + i] - b'0')
+        } else {
+            0
+        };
         nanos = nanos * 10 + d;
     }
     (nanos, 1 + n)
@@ -175,8 +186,7 @@ pub fn parse_rfc3339(line: &[u8]) -> Option<SystemTime> {
 }
 
 const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-    b"Dec",
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
 /// `Mmm dd HH:MM:SS` (day space- or zero-padded): (month, day, seconds of day).
@@ -271,7 +281,10 @@ mod tests {
     fn syslog_day_padding_and_year_from_reference() {
         let reference = to_time(2026, 12, 3, 17 * 3600).unwrap();
         let mut r = TimeReader::new(reference);
-        let a = r.read(TimestampFormat::Syslog, b"Dec  3 16:20:01 lab-ssh sshd[1]: x");
+        let a = r.read(
+            TimestampFormat::Syslog,
+            b"Dec  3 16:20:01 lab-ssh sshd[1]: x",
+        );
         assert_eq!(a, to_time(2026, 12, 3, 16 * 3600 + 20 * 60 + 1));
         let b = r.read(TimestampFormat::Syslog, b"Dec 03 16:30:01 imap-login: x");
         assert_eq!(b, to_time(2026, 12, 3, 16 * 3600 + 30 * 60 + 1));
@@ -296,7 +309,9 @@ mod tests {
         assert_eq!(Some(jan), to_time(2027, 1, 1, 1));
         assert_eq!(jan.duration_since(dec).unwrap(), Duration::from_secs(3));
         // Lines after the change stay in the new year.
-        let later = r.read(TimestampFormat::Syslog, b"Jan  1 00:10:00 h x").unwrap();
+        let later = r
+            .read(TimestampFormat::Syslog, b"Jan  1 00:10:00 h x")
+            .unwrap();
         assert_eq!(Some(later), to_time(2027, 1, 1, 600));
     }
 
