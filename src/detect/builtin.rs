@@ -38,19 +38,19 @@ pub const DEFAULT_RULE: &str = "exim-ratelimit";
 pub const NAMES: [&str; 5] = ["exim-ratelimit", "exim-auth", "sshd", "dovecot", "postfix"];
 
 /// Exim line start: time, optional zone (`log_timezone`), optional `[pid]` (`+pid`).
-const EXIM: &str = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?(?: [+-]\d{4})? (?:\[\d+\] )?";
+const EXIM: &str = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})? (?:[+-]\d{4} )?(?:\[\d+\] )?";
 
 /// Exim's `H=` host field up to and including the bracketed address: optional verified
 /// reverse name, optional `(HELO)`, then `[ADDR]`. HELO is printed in parentheses and may be
 /// an address literal; neither part may contain a space or a parenthesis.
 const EXIM_HOST: &str =
-    r"(?:[^\s()\[\]]+ )?(?:\([^\s()]*\) )?\[(?P<host>[0-9A-Fa-f:.]{2,45})\](?::\d{1,5})?";
+    r"(?:[^\s()\[\]]+ )?(?:\([^\s()]*\) )?\[(?P<host>[0-9A-Fa-f:.]+)\](?::\d{1,5})?";
 
 /// An RFC 3339 or traditional syslog timestamp.
 const SYSLOG_TIME: &str = r"(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)|[A-Z][a-z]{2} [ 0-3]\d \d\d:\d\d:\d\d)";
 
 /// The address pattern used for `<HOST>` and inside built-in rules.
-pub(crate) const ADDR: &str = r"[0-9A-Fa-f:.]{2,45}(?:%[0-9A-Za-z_.\-]{1,32})?";
+pub(crate) const ADDR: &str = r"[0-9A-Fa-f:.]+(?:%[0-9A-Za-z_.\-]+)?";
 
 fn spec(
     name: &str,
@@ -64,6 +64,7 @@ fn spec(
     RuleSpec {
         name: name.to_string(),
         patterns,
+        locators: Vec::new(),
         ignore: Vec::new(),
         prefilter: prefilter.iter().map(|s| s.to_string()).collect(),
         max_hits,
@@ -80,7 +81,7 @@ const HOUR: u64 = 3600;
 pub fn builtin(name: &str) -> Option<RuleSpec> {
     let default_window = Duration::from_secs(10 * MIN);
     let default_ban = Duration::from_secs(HOUR);
-    Some(match name {
+    let mut s = match name {
         // `H=... rejected ...: Rate limited: ADDR` as the ratelimit ACL's log_message writes
         // it (RCPT, MAIL or connect ACL). The address is taken from Exim's own H= field at the
         // start of the message; the trailing text only confirms the line's meaning.
@@ -189,5 +190,20 @@ pub fn builtin(name: &str) -> Option<RuleSpec> {
             )
         }
         _ => return None,
-    })
+    };
+    // Host locators (see `Rule::extract`), by pattern index: for patterns with a `.*` that
+    // the capture engine would otherwise walk on every matched line. Each ends exactly like
+    // its pattern, so it can only find the address the full pattern captures.
+    s.locators = match name {
+        "exim-ratelimit" => vec![Some(format!(r"{EXIM}H={EXIM_HOST} "))],
+        "sshd" => vec![
+            Some(format!(r" from (?P<host>{ADDR}) port \d{{1,5}} ssh2$")),
+            Some(format!(r" from (?P<host>{ADDR})(?: port \d{{1,5}})?$")),
+        ],
+        "dovecot" => vec![Some(format!(
+            r", rip=(?P<host>{ADDR}), lip=[0-9A-Fa-f:.]+(?:, [^,<>]*)*, session=<[^<>]*>$"
+        ))],
+        _ => Vec::new(),
+    };
+    Some(s)
 }

@@ -1,14 +1,19 @@
 //! Which of a source's rules can match a line, decided before any regex runs.
 //!
-//! All prefilter literals of the source's rules go into one Aho-Corasick automaton (SIMD
-//! "Teddy" search for small literal sets), so a line costs one scan however many rules the
-//! source has. Rules without a prefilter are candidates for every line.
+//! All prefilter literals of the source's rules go into one Aho-Corasick automaton with
+//! leftmost-first semantics (the kind that gets the SIMD "Teddy" packed searcher for small
+//! literal sets), so a line without any literal costs one fast scan however many rules the
+//! source has. Only when it hits are the rules checked one by one, each with its own
+//! precompiled `memmem` finders (which also sees literals that overlap each other, which a
+//! non-overlapping automaton search would hide). Rules without a prefilter are candidates for
+//! every line.
 //!
 //! For bulk input ([`Matcher::next_hit`]) the automaton runs over a whole buffer instead of
 //! line by line: only the lines around a literal hit are cut out and examined, the rest of
 //! the buffer is only counted for newlines.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
+use memchr::memmem::Finder;
 
 use super::rules::Rule;
 use super::window::RuleId;
@@ -17,8 +22,8 @@ use super::window::RuleId;
 #[derive(Debug, Clone)]
 pub struct Matcher {
     ac: Option<AhoCorasick>,
-    /// Rule ids per automaton pattern id.
-    owners: Vec<Vec<RuleId>>,
+    /// Per prefiltered rule: its id and one finder per literal.
+    finders: Vec<(RuleId, Vec<Finder<'static>>)>,
     /// Rules without prefilter (always candidates).
     always: Vec<RuleId>,
     /// All rules of this matcher, in order.
@@ -29,7 +34,7 @@ impl Matcher {
     /// A matcher for `ids`, indices into `rules`.
     pub fn new(rules: &[Rule], ids: &[RuleId]) -> Matcher {
         let mut literals: Vec<&str> = Vec::new();
-        let mut owners: Vec<Vec<RuleId>> = Vec::new();
+        let mut finders = Vec::new();
         let mut always = Vec::new();
         for &id in ids {
             let Some(rule) = rules.get(id) else { continue };
@@ -37,29 +42,31 @@ impl Matcher {
                 always.push(id);
                 continue;
             }
+            let mut fs = Vec::new();
             for lit in &rule.prefilter {
-                // The same literal may serve several rules: one pattern, several owners.
-                match literals.iter().position(|l| *l == lit.as_str()) {
-                    Some(p) => owners[p].push(id),
-                    None => {
-                        literals.push(lit);
-                        owners.push(vec![id]);
-                    }
+                if !literals.contains(&lit.as_str()) {
+                    literals.push(lit);
                 }
+                fs.push(Finder::new(lit.as_bytes()).into_owned());
             }
+            finders.push((id, fs));
         }
         let ac = if literals.is_empty() {
             None
         } else {
-            // Standard semantics so that overlapping search reports every literal.
             AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
+                .match_kind(MatchKind::LeftmostFirst)
                 .build(&literals)
                 .ok()
         };
+        if ac.is_none() {
+            // No automaton (no literals, or too big to build): every rule sees every line.
+            always = ids.to_vec();
+            finders.clear();
+        }
         Matcher {
             ac,
-            owners,
+            finders,
             always,
             rules: ids.to_vec(),
         }
@@ -81,12 +88,12 @@ impl Matcher {
     pub fn candidates(&self, line: &[u8], out: &mut Vec<RuleId>) {
         out.clear();
         out.extend_from_slice(&self.always);
-        if let Some(ac) = &self.ac {
-            for m in ac.find_overlapping_iter(line) {
-                for &id in &self.owners[m.pattern().as_usize()] {
-                    if !out.contains(&id) {
-                        out.push(id);
-                    }
+        if let Some(ac) = &self.ac
+            && ac.is_match(line)
+        {
+            for (id, fs) in &self.finders {
+                if fs.iter().any(|f| f.find(line).is_some()) {
+                    out.push(*id);
                 }
             }
         }

@@ -25,6 +25,9 @@ use super::timestamp::TimestampFormat;
 pub struct RuleSpec {
     pub name: String,
     pub patterns: Vec<String>,
+    /// Optional, per pattern index (built-in rules): a cheaper regex that finds the same
+    /// `host` once the full pattern is known to match (see [`Rule::extract`]).
+    pub locators: Vec<Option<String>>,
     pub ignore: Vec<String>,
     /// Literals; a line must contain at least one before any regex runs. Empty: no prefilter.
     pub prefilter: Vec<String>,
@@ -70,13 +73,20 @@ pub enum RuleError {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    patterns: Vec<Regex>,
+    patterns: Vec<Pattern>,
     ignore: Vec<Regex>,
     pub prefilter: Vec<String>,
     pub max_hits: u32,
     pub find_time: Duration,
     pub ban_time: Duration,
     pub timestamp: TimestampFormat,
+}
+
+/// One compiled pattern: the full regex and, optionally, a host locator.
+#[derive(Debug, Clone)]
+struct Pattern {
+    full: Regex,
+    locate: Option<Regex>,
 }
 
 /// What a rule makes of one line.
@@ -123,14 +133,24 @@ impl Rule {
                 index: index + 1,
                 source: Box::new(e),
             })?;
-            if !re.capture_names().any(|n| n == Some("host")) {
+            let locate = match spec.locators.get(index) {
+                Some(Some(l)) => Some(compile_one(l).map_err(|e| RuleError::Regex {
+                    location: location("patterns"),
+                    rule: spec.name.clone(),
+                    index: index + 1,
+                    source: Box::new(e),
+                })?),
+                _ => None,
+            };
+            let has_host = |r: &Regex| r.capture_names().any(|n| n == Some("host"));
+            if !has_host(&re) || locate.as_ref().is_some_and(|l| !has_host(l)) {
                 return Err(RuleError::NoHost {
                     location: location("patterns"),
                     rule: spec.name.clone(),
                     index: index + 1,
                 });
             }
-            patterns.push(re);
+            patterns.push(Pattern { full: re, locate });
         }
         let mut ignore = Vec::with_capacity(spec.ignore.len());
         for (index, p) in spec.ignore.iter().enumerate() {
@@ -175,12 +195,23 @@ impl Rule {
     }
 
     /// Applies ignore regexes and patterns to one line (the prefilter is the caller's job).
+    ///
+    /// Capturing runs a slower engine than matching, over the whole match. Built-in patterns
+    /// that anchor a `.*` against the line end would pay that on every matched line, so they
+    /// come with a locator: the full pattern only answers "does it match" (lazy DFA), then the
+    /// locator, a short pattern ending the same way (same `$` anchor and trailing classes, so
+    /// it can only land on the same address), captures the host.
     pub fn extract(&self, line: &[u8]) -> Extract {
         if self.ignore.iter().any(|re| re.is_match(line)) {
             return Extract::Ignored;
         }
-        for re in &self.patterns {
-            let Some(caps) = re.captures(line) else {
+        for p in &self.patterns {
+            let caps = match &p.locate {
+                None => p.full.captures(line),
+                Some(loc) if p.full.is_match(line) => loc.captures(line),
+                Some(_) => None,
+            };
+            let Some(caps) = caps else {
                 continue;
             };
             let Some(m) = caps.name("host") else {
@@ -234,6 +265,7 @@ pub fn build(cfg: &crate::config::Config) -> Result<Vec<Rule>, RuleError> {
                 RuleSpec {
                     name: name.to_string(),
                     patterns,
+                    locators: Vec::new(),
                     ignore: Vec::new(),
                     prefilter: Vec::new(),
                     max_hits: 5,
@@ -249,6 +281,7 @@ pub fn build(cfg: &crate::config::Config) -> Result<Vec<Rule>, RuleError> {
             }
             if let Some(p) = &o.patterns {
                 spec.patterns = p.clone();
+                spec.locators.clear();
                 // New patterns make the built-in prefilter meaningless unless restated.
                 if o.prefilter.is_none() {
                     spec.prefilter.clear();
