@@ -43,6 +43,8 @@ pub enum AddrError {
     Invalid,
     #[error("address glued to surrounding address characters")]
     Glued,
+    #[error("the line names two different addresses where the daemon writes one")]
+    Mismatch,
 }
 
 /// Longest text we accept: a bracketed full IPv6 address with an IPv4 tail and a zone id.

@@ -65,6 +65,7 @@ fn spec(
         name: name.to_string(),
         patterns,
         locators: Vec::new(),
+        confirms: Vec::new(),
         ignore: Vec::new(),
         prefilter: prefilter.iter().map(|s| s.to_string()).collect(),
         max_hits,
@@ -203,6 +204,14 @@ pub fn builtin(name: &str) -> Option<RuleSpec> {
         "dovecot" => vec![Some(format!(
             r", rip=(?P<host>{ADDR}), lip=[0-9A-Fa-f:.]+(?:, [^,<>]*)*, session=<[^<>]*>$"
         ))],
+        _ => Vec::new(),
+    };
+    // Confirmations: a second, independently anchored capture that must name the same
+    // address. Exim writes the client address twice on a rate-limit line: in its own H= field
+    // at the start and, through the ACL's `$sender_host_address`, at the very end. Requiring
+    // both means an attacker must forge text at both ends of the line at once.
+    s.confirms = match name {
+        "exim-ratelimit" => vec![Some(format!(r": Rate limited: \[?(?P<host>{ADDR})\]?$"))],
         _ => Vec::new(),
     };
     Some(s)

@@ -28,6 +28,9 @@ pub struct RuleSpec {
     /// Optional, per pattern index (built-in rules): a cheaper regex that finds the same
     /// `host` once the full pattern is known to match (see [`Rule::extract`]).
     pub locators: Vec<Option<String>>,
+    /// Optional, per pattern index (built-in rules): a second regex whose `host` must be the
+    /// same address, or the line is not counted.
+    pub confirms: Vec<Option<String>>,
     pub ignore: Vec<String>,
     /// Literals; a line must contain at least one before any regex runs. Empty: no prefilter.
     pub prefilter: Vec<String>,
@@ -87,6 +90,7 @@ pub struct Rule {
 struct Pattern {
     full: Regex,
     locate: Option<Regex>,
+    confirm: Option<Regex>,
 }
 
 /// What a rule makes of one line.
@@ -142,15 +146,31 @@ impl Rule {
                 })?),
                 _ => None,
             };
+            let confirm = match spec.confirms.get(index) {
+                Some(Some(l)) => Some(compile_one(l).map_err(|e| RuleError::Regex {
+                    location: location("patterns"),
+                    rule: spec.name.clone(),
+                    index: index + 1,
+                    source: Box::new(e),
+                })?),
+                _ => None,
+            };
             let has_host = |r: &Regex| r.capture_names().any(|n| n == Some("host"));
-            if !has_host(&re) || locate.as_ref().is_some_and(|l| !has_host(l)) {
+            if !has_host(&re)
+                || locate.as_ref().is_some_and(|l| !has_host(l))
+                || confirm.as_ref().is_some_and(|l| !has_host(l))
+            {
                 return Err(RuleError::NoHost {
                     location: location("patterns"),
                     rule: spec.name.clone(),
                     index: index + 1,
                 });
             }
-            patterns.push(Pattern { full: re, locate });
+            patterns.push(Pattern {
+                full: re,
+                locate,
+                confirm,
+            });
         }
         let mut ignore = Vec::with_capacity(spec.ignore.len());
         for (index, p) in spec.ignore.iter().enumerate() {
@@ -202,6 +222,8 @@ impl Rule {
     /// locator, a short pattern ending the same way (same `$` anchor and trailing classes, so
     /// it can only land on the same address), captures the host.
     pub fn extract(&self, line: &[u8]) -> Extract {
+        // `sshd -E` ends its lines with CRLF; `$` anchors must see the message end.
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if self.ignore.iter().any(|re| re.is_match(line)) {
             return Extract::Ignored;
         }
@@ -218,13 +240,22 @@ impl Rule {
                 // An optional host group that did not take part: try the next pattern.
                 continue;
             };
-            return match parse_host(m.as_bytes()) {
+            let ip = match parse_host(m.as_bytes()) {
                 Ok(ip) if glued(line, m.start(), m.end(), ip.is_ipv6()) => {
-                    Extract::BadHost(AddrError::Glued)
+                    return Extract::BadHost(AddrError::Glued);
                 }
-                Ok(ip) => Extract::Host(ip),
-                Err(e) => Extract::BadHost(e),
+                Ok(ip) => ip,
+                Err(e) => return Extract::BadHost(e),
             };
+            if let Some(confirm) = &p.confirm {
+                let other = confirm
+                    .captures(line)
+                    .and_then(|c| c.name("host").map(|m| parse_host(m.as_bytes())));
+                if other != Some(Ok(ip)) {
+                    return Extract::BadHost(AddrError::Mismatch);
+                }
+            }
+            return Extract::Host(ip);
         }
         Extract::NoMatch
     }
@@ -266,6 +297,7 @@ pub fn build(cfg: &crate::config::Config) -> Result<Vec<Rule>, RuleError> {
                     name: name.to_string(),
                     patterns,
                     locators: Vec::new(),
+                    confirms: Vec::new(),
                     ignore: Vec::new(),
                     prefilter: Vec::new(),
                     max_hits: 5,
@@ -282,6 +314,7 @@ pub fn build(cfg: &crate::config::Config) -> Result<Vec<Rule>, RuleError> {
             if let Some(p) = &o.patterns {
                 spec.patterns = p.clone();
                 spec.locators.clear();
+                spec.confirms.clear();
                 // New patterns make the built-in prefilter meaningless unless restated.
                 if o.prefilter.is_none() {
                     spec.prefilter.clear();
