@@ -50,9 +50,9 @@ pub struct ScanArgs {
 }
 
 /// Read size.
-const CHUNK: usize = 8 << 20;
+const CHUNK: usize = 256 << 10;
 /// Longest line examined; longer lines are cut here.
-const MAX_LINE: usize = 1 << 20;
+const MAX_LINE: usize = CHUNK;
 
 /// Per-rule counters.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -207,7 +207,7 @@ impl Scan {
                     if !skipping {
                         let head = &data[..MAX_LINE.min(filled)];
                         self.lines += 1;
-                        self.line(head, &mut times);
+                        self.line(head, &mut times, false);
                     }
                     skipping = true;
                     filled = 0;
@@ -243,7 +243,7 @@ impl Scan {
             while let Some(hit) = self.matcher.next_hit(region, pos) {
                 let start = memchr::memrchr(b'\n', &region[..hit]).map_or(0, |i| i + 1);
                 let end = memchr::memchr(b'\n', &region[hit..]).map_or(region.len(), |i| hit + i);
-                self.line(&region[start..end], times);
+                self.line(&region[start..end], times, true);
                 pos = end + 1;
                 if pos >= region.len() {
                     break;
@@ -252,17 +252,22 @@ impl Scan {
         } else {
             for line in region.split(|&b| b == b'\n') {
                 if !line.is_empty() {
-                    self.line(line, times);
+                    self.line(line, times, false);
                 }
             }
         }
     }
 
-    fn line(&mut self, line: &[u8], times: &mut FileTimes) {
+    /// One line; `hit` when the bulk prefilter already found a literal in it.
+    fn line(&mut self, line: &[u8], times: &mut FileTimes, hit: bool) {
         let line = &line[..line.len().min(MAX_LINE)];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let mut ids = std::mem::take(&mut self.ids);
-        self.matcher.candidates(line, &mut ids);
+        if hit {
+            self.matcher.candidates_after_hit(line, &mut ids);
+        } else {
+            self.matcher.candidates(line, &mut ids);
+        }
         for &id in &ids {
             let rule = &self.det.rules()[id];
             let stats = &mut self.stats[id];

@@ -85,22 +85,21 @@ pub fn parse_host(text: &[u8]) -> Result<IpAddr, AddrError> {
     {
         return Err(AddrError::Zone);
     }
-    // ASCII was checked above, so this cannot fail.
-    let s = std::str::from_utf8(addr).map_err(|_| AddrError::NotAscii)?;
-    if s.contains(':') {
-        // std's parser is strict: at most four hex digits per group, one `::`, and the
-        // embedded IPv4 tail goes through the strict IPv4 parser (no leading zeros).
-        let v6 = Ipv6Addr::from_str(s).map_err(|_| AddrError::Invalid)?;
-        Ok(match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        })
-    } else {
+    if !addr.contains(&b':') {
         if zone.is_some() {
             return Err(AddrError::Zone);
         }
-        parse_v4(addr).map(IpAddr::V4)
+        return parse_v4(addr).map(IpAddr::V4);
     }
+    // ASCII was checked above, so this cannot fail.
+    let s = std::str::from_utf8(addr).map_err(|_| AddrError::NotAscii)?;
+    // std's parser is strict: at most four hex digits per group, one `::`, and the embedded
+    // IPv4 tail goes through the strict IPv4 parser (no leading zeros).
+    let v6 = Ipv6Addr::from_str(s).map_err(|_| AddrError::Invalid)?;
+    Ok(match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    })
 }
 
 /// IPv4 dotted quad, written out rather than trusting any platform's `inet_aton` leniency

@@ -103,6 +103,26 @@ impl Matcher {
         }
     }
 
+    /// Like [`candidates`](Self::candidates) for a line known to contain a prefilter literal
+    /// (found by [`next_hit`](Self::next_hit)): skips the automaton pass over the line.
+    pub fn candidates_after_hit(&self, line: &[u8], out: &mut Vec<RuleId>) {
+        out.clear();
+        out.extend_from_slice(&self.always);
+        if let [(id, _)] = self.finders.as_slice() {
+            // One prefiltered rule: the hit was its literal.
+            out.push(*id);
+            return;
+        }
+        for (id, fs) in &self.finders {
+            if fs.iter().any(|f| f.find(line).is_some()) {
+                out.push(*id);
+            }
+        }
+        if out.len() > 1 {
+            out.sort_by_key(|id| self.rules.iter().position(|r| r == id));
+        }
+    }
+
     /// Offset of the next prefilter literal in `hay` at or after `from`, or `None`.
     pub fn next_hit(&self, hay: &[u8], from: usize) -> Option<usize> {
         let ac = self.ac.as_ref()?;

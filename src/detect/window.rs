@@ -65,10 +65,27 @@ impl Windows {
         max_hits: u32,
         find_time: Duration,
     ) -> Option<u32> {
+        match self.record(rule, key, now, max_hits, find_time) {
+            (hits, true) => Some(hits),
+            (_, false) => None,
+        }
+    }
+
+    /// Records one hit; returns the hits inside the window and whether they reach
+    /// `max_hits` (the entry is then cleared).
+    pub fn record(
+        &mut self,
+        rule: RuleId,
+        key: Key,
+        now: SystemTime,
+        max_hits: u32,
+        find_time: Duration,
+    ) -> (u32, bool) {
         let id = (rule as u32, key);
         let t = millis(now);
         let horizon = t.saturating_sub(find_time.as_millis().min(u128::from(u64::MAX)) as u64);
-        if !self.slots.contains_key(&id) {
+        // Only a full table needs the extra lookup (one hash per hit otherwise).
+        if self.slots.len() >= self.max_tracked && !self.slots.contains_key(&id) {
             while self.slots.len() >= self.max_tracked {
                 self.evict_one();
             }
@@ -89,14 +106,14 @@ impl Windows {
         while slot.times.len() > max {
             slot.times.pop_front();
         }
+        let hits = slot.times.len() as u32;
         if slot.times.len() >= max {
-            let hits = slot.times.len() as u32;
             self.slots.remove(&id);
-            return Some(hits);
+            return (hits, true);
         }
         self.queue.push_back((id, stamp));
         self.compact_if_needed();
-        None
+        (hits, false)
     }
 
     /// Hits currently counted for (rule, key) within the window ending at `now`.
