@@ -52,8 +52,9 @@ impl Escalation {
     }
 }
 
-/// Most keys remembered; beyond this the keys with the oldest last ban are dropped.
-const MAX_KEYS: usize = 1_000_000;
+/// Most keys remembered (about 100 bytes each); beyond this the keys with the oldest last
+/// ban are dropped, which only shortens some repeat offenders' next ban.
+const MAX_KEYS: usize = 262_144;
 
 /// Ban times per key, milliseconds since the Unix epoch, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

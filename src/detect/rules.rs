@@ -372,3 +372,63 @@ impl From<crate::config::TimestampFormat> for TimestampFormat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_compiles_with_a_prefilter() {
+        let rules = builtins();
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, builtin::NAMES);
+        assert!(rules.iter().all(|r| !r.prefilter.is_empty()));
+        assert_eq!(builtin::DEFAULT_RULE, "exim-ratelimit");
+        let d = &rules[0];
+        assert_eq!(
+            (d.max_hits, d.find_time.as_secs(), d.ban_time.as_secs()),
+            (3, 3600, 86_400)
+        );
+        for r in &rules[1..] {
+            assert_eq!(
+                (r.max_hits, r.find_time.as_secs(), r.ban_time.as_secs()),
+                (5, 600, 3600)
+            );
+        }
+    }
+
+    #[test]
+    fn host_placeholder_and_errors() {
+        let spec = |p: &str| RuleSpec {
+            name: "t".into(),
+            patterns: vec![p.into()],
+            locators: vec![],
+            confirms: vec![],
+            ignore: vec![r"from 198\.51\.100\.1 ".into()],
+            prefilter: vec![],
+            max_hits: 1,
+            find_time: Duration::from_secs(60),
+            ban_time: Duration::from_secs(60),
+            timestamp: TimestampFormat::None,
+        };
+        let loc = |k: &str| format!("f.toml:7: key rules.t.{k}");
+        let r = Rule::compile(&spec("login failed from <HOST> "), &loc).unwrap();
+        assert_eq!(
+            r.extract(b"login failed from 2001:db8::5 x"),
+            Extract::Host("2001:db8::5".parse().unwrap())
+        );
+        assert_eq!(
+            r.extract(b"login failed from 198.51.100.1 x"),
+            Extract::Ignored
+        );
+        assert_eq!(r.extract(b"login ok from 198.51.100.2 x"), Extract::NoMatch);
+        let e = Rule::compile(&spec("from (<HOST>"), &loc).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f.toml:7: key rules.t.patterns: rule \"t\": invalid regex #1"),
+            "{e}"
+        );
+        let e = Rule::compile(&spec(r"from (\S+)"), &loc).unwrap_err();
+        assert!(e.to_string().contains("no `host` capture"), "{e}");
+    }
+}
