@@ -18,10 +18,83 @@ use super::addr::Key;
 /// Index of a rule in the detector's rule list.
 pub type RuleId = usize;
 
+/// Hit times, oldest first. Up to five (every built-in `max_hits`) live inline, so a new
+/// tracked address costs no heap allocation; more spill to a deque.
+#[derive(Debug)]
+enum Times {
+    Inline { len: u8, t: [u64; INLINE] },
+    Spill(VecDeque<u64>),
+}
+
+const INLINE: usize = 5;
+
+impl Times {
+    fn new() -> Self {
+        Times::Inline {
+            len: 0,
+            t: [0; INLINE],
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Times::Inline { len, .. } => usize::from(*len),
+            Times::Spill(v) => v.len(),
+        }
+    }
+
+    fn front(&self) -> Option<u64> {
+        match self {
+            Times::Inline { len: 0, .. } => None,
+            Times::Inline { t, .. } => Some(t[0]),
+            Times::Spill(v) => v.front().copied(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Times::Inline { len, t } => {
+                if *len > 0 {
+                    t.copy_within(1..usize::from(*len), 0);
+                    *len -= 1;
+                }
+            }
+            Times::Spill(v) => {
+                v.pop_front();
+            }
+        }
+    }
+
+    fn push_back(&mut self, x: u64) {
+        match self {
+            Times::Inline { len, t } if usize::from(*len) < INLINE => {
+                t[usize::from(*len)] = x;
+                *len += 1;
+            }
+            Times::Inline { len, t } => {
+                let mut v: VecDeque<u64> = t[..usize::from(*len)].iter().copied().collect();
+                v.push_back(x);
+                *self = Times::Spill(v);
+            }
+            Times::Spill(v) => v.push_back(x),
+        }
+    }
+
+    fn count_since(&self, horizon: u64) -> usize {
+        match self {
+            Times::Inline { len, t } => t[..usize::from(*len)]
+                .iter()
+                .filter(|&&x| x >= horizon)
+                .count(),
+            Times::Spill(v) => v.iter().filter(|&&x| x >= horizon).count(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     /// Hit times in milliseconds since the Unix epoch, oldest first.
-    times: VecDeque<u64>,
+    times: Times,
     /// Recency stamp; matches the newest queue pair for this entry.
     stamp: u64,
 }
@@ -93,11 +166,11 @@ impl Windows {
         self.next_stamp += 1;
         let stamp = self.next_stamp;
         let slot = self.slots.entry(id).or_insert_with(|| Slot {
-            times: VecDeque::new(),
+            times: Times::new(),
             stamp,
         });
         slot.stamp = stamp;
-        while slot.times.front().is_some_and(|&old| old < horizon) {
+        while slot.times.front().is_some_and(|old| old < horizon) {
             slot.times.pop_front();
         }
         slot.times.push_back(t);
@@ -121,7 +194,7 @@ impl Windows {
         let horizon = millis(now).saturating_sub(find_time.as_millis() as u64);
         self.slots
             .get(&(rule as u32, key))
-            .map(|s| s.times.iter().filter(|&&t| t >= horizon).count() as u32)
+            .map(|s| s.times.count_since(horizon) as u32)
             .unwrap_or(0)
     }
 
@@ -204,6 +277,22 @@ mod tests {
         assert_eq!(w.hit(0, k(1), at(601), 3, ft), None);
         assert_eq!(w.current(0, k(1), at(601), ft), 2);
         assert_eq!(w.hit(0, k(1), at(700), 3, ft), Some(3));
+    }
+
+    #[test]
+    fn more_hits_than_fit_inline() {
+        let mut w = Windows::new(100);
+        let ft = Duration::from_secs(600);
+        for s in 0..9 {
+            assert_eq!(w.hit(0, k(1), at(s), 10, ft), None);
+        }
+        assert_eq!(w.current(0, k(1), at(9), ft), 9);
+        assert_eq!(w.hit(0, k(1), at(9), 10, ft), Some(10));
+        // Sliding with a spilled list.
+        for s in 0..8 {
+            w.hit(0, k(2), at(s * 100), 10, ft);
+        }
+        assert_eq!(w.current(0, k(2), at(700), ft), 7);
     }
 
     #[test]
