@@ -70,6 +70,11 @@ fn exim_ratelimit_helo_sender_recipient() {
     bans_nobody(&format!(
         "2026-12-03 16:13:57 H=(x) [{FAKE}] (y) [{REAL}] F=<a@b> rejected RCPT <c@d>: Rate limited: {REAL}"
     ));
+    // A `warn` verb's log line.
+    bans_real(
+        "exim-ratelimit",
+        "2026-12-03 16:13:57 H=(x) [198.51.100.77] F=<a@b> Warning: Rate limited: 198.51.100.77",
+    );
     // Connect ACL form.
     bans_real(
         "exim-ratelimit",

@@ -84,12 +84,13 @@ pub fn builtin(name: &str) -> Option<RuleSpec> {
     let default_ban = Duration::from_secs(HOUR);
     let mut s = match name {
         // `H=... rejected ...: Rate limited: ADDR` as the ratelimit ACL's log_message writes
-        // it (RCPT, MAIL or connect ACL). The address is taken from Exim's own H= field at the
-        // start of the message; the trailing text only confirms the line's meaning.
+        // it (RCPT, MAIL or connect ACL; `H=... Warning: Rate limited: ADDR` from a `warn`
+        // verb). The address is taken from Exim's own H= field at the
+        // start of the message and must equal the one at the end (see `confirms` below).
         "exim-ratelimit" => spec(
             name,
             vec![format!(
-                r"{EXIM}H={EXIM_HOST} (?:.* )?rejected .*: Rate limited: \S+$"
+                r"{EXIM}H={EXIM_HOST} (?:.* )?(?:rejected .*|Warning): Rate limited: \S+$"
             )],
             &["Rate limited: "],
             3,
