@@ -250,3 +250,59 @@ fn hostile_bytes_and_huge_lines() {
         vec![("198.51.100.9".to_string(), 4)]
     );
 }
+
+#[test]
+fn offenders_match_the_generators_truth() {
+    // gen-logs.py writes the addresses with >= 3 "Rate limited" lines; with a window wider
+    // than the log, exim-ratelimit must find exactly those (IPv6 by /64).
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(script) = [
+        here.join("../shared/tools/gen-logs.py"),
+        PathBuf::from("/work/shared/tools/gen-logs.py"),
+    ]
+    .into_iter()
+    .find(|p| p.exists()) else {
+        eprintln!("SKIP: offenders_match_the_generators_truth needs ../shared/tools/gen-logs.py");
+        return;
+    };
+    let dir = tempdir("truth");
+    let log = dir.join("exim.log");
+    let truth = dir.join("exim.truth");
+    let status = Command::new("python3")
+        .arg(&script)
+        .args(["exim", "-n", "200000", "--seed", "7", "-o"])
+        .arg(&log)
+        .arg("--truth")
+        .arg(&truth)
+        .stdout(std::process::Stdio::null())
+        .status();
+    let Ok(status) = status else {
+        eprintln!("SKIP: offenders_match_the_generators_truth needs python3");
+        return;
+    };
+    assert!(status.success());
+    let cfg = dir.join("wide.toml");
+    std::fs::write(&cfg, "[rules.exim-ratelimit]\nfind_time = \"30d\"\n").unwrap();
+    let v = scan_json(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--rule",
+        "exim-ratelimit",
+        log.to_str().unwrap(),
+    ]);
+    let got: BTreeSet<String> = offenders(&v).into_iter().map(|(_, a, _)| a).collect();
+    let want: BTreeSet<String> = std::fs::read_to_string(&truth)
+        .unwrap()
+        .lines()
+        .map(|a| match a.parse::<std::net::IpAddr>().unwrap() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => {
+                let net = ipnet::Ipv6Net::new(v6, 64).unwrap().trunc();
+                net.to_string()
+            }
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    assert_eq!(v["lines"], 200_000);
+}
