@@ -162,6 +162,17 @@ fn sshd_user_names() {
     );
     bans_real(
         "sshd",
+        &format!("Dec  3 16:20:01 h sshd[1]: Disconnected from {REAL} port 4444 [preauth]"),
+    );
+    // After an authentication attempt the user is named: already counted by its failure.
+    bans_nobody(&format!(
+        "Dec  3 16:20:01 h sshd[1]: Disconnected from authenticating user root {REAL} port 4444 [preauth]"
+    ));
+    bans_nobody(&format!(
+        "Dec  3 16:20:01 h sshd[1]: Received disconnect from {REAL} port 4444:11: Bye Bye [preauth]"
+    ));
+    bans_real(
+        "sshd",
         &format!(
             "Dec  3 16:20:01 h sshd[1]: Unable to negotiate with {REAL} port 4444: no matching key exchange method found. Their offer: {FAKE} [preauth]"
         ),

@@ -17,7 +17,8 @@
 //! **Counting once.** sshd: one hit per failed password (sshd's `Failed …` line; PAM's
 //! `authentication failure` lines for the same attempt are not counted), one per `Invalid user`
 //! connection, and one per pre-auth disconnect that carries no user (`Connection closed by
-//! ADDR port N [preauth]`, `banner exchange`, `Unable to negotiate`). A successful login is
+//! ADDR port N [preauth]`, `Disconnected from ADDR port N [preauth]`, `banner exchange`,
+//! `Unable to negotiate`). A successful login is
 //! never counted, nor are the `authenticating user` closings and `maximum authentication
 //! attempts` lines that only repeat failures already counted. The bare TCP connect-and-close
 //! (`Connection closed by ADDR port N` without `[preauth]`) is what load-balancer health checks
@@ -127,7 +128,7 @@ pub fn builtin(name: &str) -> Option<RuleSpec> {
                     format!(r"{p}Invalid user .* from (?P<host>{ADDR})(?: port \d{{1,5}})?$"),
                     // No user text before the address: anchored at the start.
                     format!(
-                        r"{p}Connection (?:closed|reset) by (?P<host>{ADDR}) port \d{{1,5}} \[preauth\]$"
+                        r"{p}(?:Connection (?:closed|reset) by|Disconnected from) (?P<host>{ADDR}) port \d{{1,5}} \[preauth\]$"
                     ),
                     format!(
                         r"{p}banner exchange: Connection from (?P<host>{ADDR}) port \d{{1,5}}: "
