@@ -179,6 +179,7 @@ fn build_detector(args: &ScanArgs) -> Result<Detector> {
 impl Scan {
     fn file(&mut self, path: &Path) -> Result<()> {
         let mut f = File::open(path)?;
+        // Syslog lines have no year: the file's modification time anchors it.
         let mtime = f
             .metadata()
             .and_then(|m| m.modified())
@@ -189,7 +190,8 @@ impl Scan {
             fallback: self.start,
         };
         let mut buf = vec![0u8; CHUNK];
-        // Bytes [0, filled) hold data; [0, keep) of it is an incomplete line carried over.
+        // buf[..filled] is not yet examined: the incomplete last line of the previous read,
+        // carried to the front, followed by newly read bytes.
         let mut filled = 0usize;
         // True while skipping the rest of an over-long line.
         let mut skipping = false;
@@ -224,6 +226,7 @@ impl Scan {
                 skipping = false;
             }
             self.region(region, &mut times);
+            // Carry the incomplete tail to the front for the next read.
             buf.copy_within(end..filled, 0);
             filled -= end;
             if eof {
