@@ -144,9 +144,17 @@ fn later_changes_in_a_merged_burst_win() {
     refreshed.times_banned = 2;
     second.put_ban(&refreshed);
     first.merge(second);
-    assert_eq!(first.len(), 2);
+    assert_eq!(first.len(), 4);
     store.apply(first).unwrap();
-    assert_eq!(store.active_bans(t(NOW)).unwrap(), vec![refreshed]);
+    assert_eq!(store.active_bans(t(NOW)).unwrap(), vec![refreshed.clone()]);
+    // Remove then re-add in one burst: the re-add wins, whatever the key order.
+    let mut txn = Txn::new();
+    let back = ban("203.0.113.1/32", "r2", NOW, None);
+    txn.remove_ban(net("203.0.113.1/32")).put_ban(&back);
+    txn.put_ban(&ban("203.0.113.0/32", "r", NOW, None))
+        .remove_ban(net("203.0.113.0/32"));
+    store.apply(txn).unwrap();
+    assert_eq!(store.active_bans(t(NOW)).unwrap(), vec![back, refreshed]);
     // Removing and clearing absent keys is not an error.
     let mut txn = Txn::new();
     txn.remove_ban(net("203.0.113.99/32"))
