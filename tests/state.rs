@@ -447,3 +447,38 @@ fn undecodable_history_value_is_an_error_with_context() {
     assert!(msg.contains("offence history of 203.0.113.4/32"), "{msg}");
     assert!(msg.contains(FILE_NAME), "{msg}");
 }
+
+#[test]
+fn compaction_gives_space_back_after_a_wave_expires() {
+    let dir = TempDir::new("compact");
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let mut txn = Txn::new();
+    for i in 0..20_000u32 {
+        let ip = std::net::Ipv4Addr::from(0xC612_0000 | i);
+        txn.put_ban(&Ban {
+            target: IpNet::from(std::net::IpAddr::V4(ip)),
+            rule: "exim-ratelimit".into(),
+            banned_at: t(NOW),
+            expires_at: Some(t(NOW + 60)),
+            hits: 3,
+            times_banned: 1,
+        });
+    }
+    store.apply(txn).unwrap();
+    let mut keep = Txn::new();
+    keep.put_ban(&ban("203.0.113.1/32", "r", NOW, None));
+    store.apply(keep).unwrap();
+    let pruned = store
+        .prune(t(NOW + 61), Duration::from_secs(86_400))
+        .unwrap();
+    assert_eq!(pruned.expired_bans, 20_000);
+    let (before, after) = store.compact().unwrap();
+    assert!(
+        after < before / 2,
+        "file {before} -> {after} bytes after compaction"
+    );
+    drop(store);
+    let (store, report) = Store::open(dir.path()).unwrap();
+    assert_eq!(report.outcome, OpenOutcome::Opened);
+    assert_eq!(store.active_bans(t(NOW + 61)).unwrap().len(), 1);
+}

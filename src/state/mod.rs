@@ -733,6 +733,27 @@ impl Store {
         Ok(report)
     }
 
+    /// Gives the space of removed entries back to the file system. redb reuses freed pages on
+    /// its own, so the file only needs this after a large shrink (a 100,000-ban wave that has
+    /// expired); call it after [`Store::prune`] removed many entries, off the ban path.
+    /// Returns the file size before and after.
+    pub fn compact(&mut self) -> Result<(u64, u64), StateError> {
+        let size = || std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let op = Op("compacting", &self.path);
+        // Each call compacts a bounded amount; a few rounds reach the minimum.
+        for _ in 0..8 {
+            if !self
+                .db
+                .compact(redb::CompactionMode::Balanced)
+                .or_state(&op)?
+            {
+                break;
+            }
+        }
+        Ok((before, size()))
+    }
+
     /// (bans, history entries, checkpoints) currently stored.
     pub fn counts(&self) -> Result<(u64, u64, u64), StateError> {
         let op = Op("counting entries in", &self.path);
