@@ -68,8 +68,6 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use aside::utc_stamp;
-
 /// File name of the database inside the state dir.
 pub const FILE_NAME: &str = "state.redb";
 
@@ -407,34 +405,30 @@ impl Store {
         }
         let mut outcome = OpenOutcome::Created;
         if path.symlink_metadata().is_ok() {
-            match Store::open_existing(path) {
+            let (tag, cause) = match Store::open_existing(path) {
                 Ok(store) => return Ok(Ok((store, OpenOutcome::Opened))),
                 Err(Unusable::Locked) => {
                     return Err(StateError::Locked {
                         path: path.to_path_buf(),
                     });
                 }
-                Err(bad) => {
-                    let (tag, cause) = match bad {
-                        Unusable::Corrupt(c) => ("corrupt", c),
-                        Unusable::Unsupported(c) => ("unsupported", c),
-                        Unusable::Locked => unreachable!("handled above"),
-                    };
-                    let moved_to = match aside::move_aside(path, tag, now) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            return Ok(Err(format!("{cause}; moving it aside failed: {e}")));
-                        }
-                    };
-                    tracing::error!(
-                        path = %path.display(),
-                        moved_to = %moved_to.display(),
-                        cause = %cause,
-                        "state store unusable; moved aside, starting with an empty store"
-                    );
-                    outcome = OpenOutcome::Replaced { moved_to, cause };
+                Err(Unusable::Corrupt(c)) => ("corrupt", c),
+                Err(Unusable::Unsupported(c)) => ("unsupported", c),
+            };
+            // Keep the bad file for inspection; a fresh store takes its place.
+            let moved_to = match aside::move_aside(path, tag, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Ok(Err(format!("{cause}; moving it aside failed: {e}")));
                 }
-            }
+            };
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %moved_to.display(),
+                cause = %cause,
+                "state store unusable; moved aside, starting with an empty store"
+            );
+            outcome = OpenOutcome::Replaced { moved_to, cause };
         }
         match Store::create_new(dir, path) {
             Ok(store) => Ok(Ok((store, outcome))),
