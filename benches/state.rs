@@ -47,7 +47,7 @@ fn main() {
     // 1. Single commits, redb and the journal floor interleaved so both see the same disk
     //    weather (this machine's disk is shared with other jobs).
     let dir = base.join("single");
-    let (mut store, _) = Store::open(&dir).unwrap();
+    let (store, _) = Store::open(&dir).unwrap();
     let mut journal = OpenOptions::new()
         .create(true)
         .append(true)
@@ -138,7 +138,7 @@ fn child(what: &str, dir: &Path) {
     match what {
         "baseline" => println!("baseline process: VmRSS {rss0} KiB"),
         "burst" => {
-            let (mut store, _) = Store::open(dir).unwrap();
+            let (store, _) = Store::open(dir).unwrap();
             let t0 = Instant::now();
             let mut txn = Txn::new();
             for i in 0..BURST {
@@ -201,7 +201,7 @@ fn child(what: &str, dir: &Path) {
         }
         "hold" => {
             // Open, commit, then wait to be killed with the file open.
-            let (mut store, _) = Store::open(dir).unwrap();
+            let (store, _) = Store::open(dir).unwrap();
             let mut txn = Txn::new();
             txn.put_ban(&ban(BURST + 1));
             store.apply(txn).unwrap();

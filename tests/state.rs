@@ -79,7 +79,7 @@ fn everything_committed_is_there_after_reopening() {
         fingerprint: 0xdead_beef,
     };
     {
-        let (mut store, report) = Store::open(dir.path()).unwrap();
+        let (store, report) = Store::open(dir.path()).unwrap();
         assert_eq!(report.outcome, OpenOutcome::Created);
         assert_eq!(report.path, Some(dir.path().join(FILE_NAME)));
         let mut txn = Txn::new();
@@ -134,7 +134,7 @@ fn everything_committed_is_there_after_reopening() {
 #[test]
 fn later_changes_in_a_merged_burst_win() {
     let dir = TempDir::new("merge");
-    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
     let mut first = Txn::new();
     first.put_ban(&ban("203.0.113.1/32", "r", NOW, Some(NOW + 60)));
     first.put_ban(&ban("203.0.113.2/32", "r", NOW, Some(NOW + 60)));
@@ -167,7 +167,7 @@ fn later_changes_in_a_merged_burst_win() {
 #[test]
 fn expired_bans_are_not_active_and_prune_removes_them_and_old_history() {
     let dir = TempDir::new("prune");
-    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
     let mut txn = Txn::new();
     txn.put_ban(&ban("203.0.113.1/32", "r", NOW - 100, Some(NOW - 1)))
         .put_ban(&ban("203.0.113.2/32", "r", NOW - 100, Some(NOW)))
@@ -223,7 +223,7 @@ fn assert_replaced(name: &str, bytes: &[u8], tag: &str, cause_has: &str) {
     let file = dir.path().join(FILE_NAME);
     fs::write(&file, bytes).unwrap();
     let now = t(NOW);
-    let (mut store, report) = Store::open_at(dir.path(), now).unwrap();
+    let (store, report) = Store::open_at(dir.path(), now).unwrap();
     let OpenOutcome::Replaced { moved_to, cause } = &report.outcome else {
         panic!("{name}: expected the file to be moved aside, got {report:?}");
     };
@@ -259,7 +259,7 @@ fn assert_replaced(name: &str, bytes: &[u8], tag: &str, cause_has: &str) {
 /// A store with a few thousand bans, as bytes, to damage.
 fn real_store_bytes(name: &str) -> Vec<u8> {
     let dir = TempDir::new(name);
-    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
     let mut txn = Txn::new();
     for i in 0..5000u32 {
         let ip = std::net::Ipv4Addr::from(0xC612_0000 | i); // 198.18.x.y
@@ -385,7 +385,7 @@ fn newer_or_missing_format_version_is_moved_aside_explicitly() {
 #[test]
 fn a_second_writer_is_refused_and_the_file_left_alone() {
     let dir = TempDir::new("locked");
-    let (mut first, _) = Store::open(dir.path()).unwrap();
+    let (first, _) = Store::open(dir.path()).unwrap();
     let mut txn = Txn::new();
     txn.put_ban(&ban("203.0.113.5/32", "r", NOW, None));
     first.apply(txn).unwrap();
@@ -405,7 +405,7 @@ fn unusable_state_dir_falls_back_to_memory() {
     fs::create_dir_all(dir.path()).unwrap();
     let blocker = dir.path().join("state");
     fs::write(&blocker, b"x").unwrap();
-    let (mut store, report) = Store::open(&blocker).unwrap();
+    let (store, report) = Store::open(&blocker).unwrap();
     let OpenOutcome::InMemory { cause } = &report.outcome else {
         panic!("expected in-memory fallback, got {report:?}");
     };
@@ -435,7 +435,7 @@ fn state_dir_and_file_are_private() {
 #[test]
 fn undecodable_history_value_is_an_error_with_context() {
     let dir = TempDir::new("decode");
-    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
     let mut txn = Txn::new();
     txn.set_history(net("203.0.113.4/32"), t(NOW), "not a list")
         .unwrap();
@@ -481,4 +481,57 @@ fn compaction_gives_space_back_after_a_wave_expires() {
     let (store, report) = Store::open(dir.path()).unwrap();
     assert_eq!(report.outcome, OpenOutcome::Opened);
     assert_eq!(store.active_bans(t(NOW + 61)).unwrap().len(), 1);
+}
+
+#[test]
+fn all_histories_load_at_start_and_bad_ones_are_skipped() {
+    let dir = TempDir::new("histories");
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let mut txn = Txn::new();
+    txn.set_history(net("203.0.113.1/32"), t(NOW), &vec![NOW * 1000])
+        .unwrap();
+    txn.set_history(net("2001:db8:5::/64"), t(NOW - 10), &vec![1u64, 2])
+        .unwrap();
+    txn.set_history(net("203.0.113.2/32"), t(NOW), "written by another version")
+        .unwrap();
+    store.apply(txn).unwrap();
+    let mut seen = Vec::new();
+    store
+        .for_each_history(|key, last, value: Vec<u64>| seen.push((key.to_string(), last, value)))
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ("203.0.113.1/32".to_string(), t(NOW), vec![NOW * 1000]),
+            ("2001:db8:5::/64".to_string(), t(NOW - 10), vec![1, 2]),
+        ]
+    );
+}
+
+#[test]
+fn store_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Store>();
+    let dir = TempDir::new("threads");
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..50u32 {
+                let mut txn = Txn::new();
+                txn.put_ban(&ban(&format!("198.18.0.{i}/32"), "r", NOW, None));
+                store.apply(txn).unwrap();
+            }
+        })
+    };
+    // Reads go on while commits wait for the disk; each sees a consistent count.
+    let mut last = 0;
+    while !writer.is_finished() {
+        let n = store.active_bans(t(NOW)).unwrap().len();
+        assert!(n >= last, "count went back from {last} to {n}");
+        last = n;
+    }
+    writer.join().unwrap();
+    assert_eq!(store.active_bans(t(NOW)).unwrap().len(), 50);
 }

@@ -57,7 +57,7 @@ fn crash_child() {
         return;
     };
     let start: u64 = std::env::var(START_ENV).unwrap().parse().unwrap();
-    let (mut store, _) = Store::open(Path::new(&dir)).unwrap();
+    let (store, _) = Store::open(Path::new(&dir)).unwrap();
     let mut out = std::io::stdout().lock();
     let deadline = Instant::now() + Duration::from_secs(10);
     for i in start..start + 100_000 {

@@ -551,7 +551,10 @@ impl Store {
 
     /// Commits `txn` atomically and durably: when this returns `Ok`, every change in it
     /// survives `kill -9` and power loss; on `Err`, none of it was applied.
-    pub fn apply(&mut self, txn: Txn) -> Result<(), StateError> {
+    ///
+    /// Takes `&self` so a store shared in an `Arc` can be read while a commit waits for the
+    /// disk (redb runs readers beside the one writer); concurrent commits queue up in order.
+    pub fn apply(&self, txn: Txn) -> Result<(), StateError> {
         if txn.is_empty() {
             return Ok(());
         }
@@ -648,6 +651,39 @@ impl Store {
         Ok(Some((codec::from_ms(last), value)))
     }
 
+    /// Calls `f` with every stored offence history (key, last offence, value), to load the
+    /// detector's escalation memory at start-up. An entry that does not decode as `T` is
+    /// logged and skipped: a lost history only shortens one repeat offender's next ban.
+    pub fn for_each_history<T: DeserializeOwned>(
+        &self,
+        mut f: impl FnMut(IpNet, SystemTime, T),
+    ) -> Result<(), StateError> {
+        let op = Op("reading history from", &self.path);
+        let r = self.db.begin_read().or_state(&op)?;
+        let table = r.open_table(HISTORY).or_state(&op)?;
+        for entry in table.iter().or_state(&op)? {
+            let (k, v) = entry.or_state(&op)?;
+            let decoded = codec::decode_target(k.value()).and_then(|key| {
+                let (last, json) = codec::decode_history(v.value())?;
+                match serde_json::from_slice(json) {
+                    Ok(value) => Some((key, codec::from_ms(last), value)),
+                    Err(e) => {
+                        tracing::error!(path = %self.path.display(), key = %key, error = %e,
+                            "skipping an undecodable offence history");
+                        None
+                    }
+                }
+            });
+            match decoded {
+                Some((key, last, value)) => f(key, last, value),
+                None => {
+                    tracing::error!(path = %self.path.display(), "skipping a bad history record")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The checkpoint of `source`, as stored by [`Txn::set_checkpoint`].
     pub fn checkpoint<T: DeserializeOwned>(&self, source: &Path) -> Result<Option<T>, StateError> {
         let op = Op("reading a checkpoint from", &self.path);
@@ -683,7 +719,7 @@ impl Store {
     /// Removes bans expired at `now` and histories whose last offence is older than
     /// `history_window` (the config's `escalation.history`), in one commit.
     pub fn prune(
-        &mut self,
+        &self,
         now: SystemTime,
         history_window: Duration,
     ) -> Result<PruneReport, StateError> {
