@@ -535,3 +535,52 @@ fn store_can_be_shared_between_threads() {
     writer.join().unwrap();
     assert_eq!(store.active_bans(t(NOW)).unwrap().len(), 50);
 }
+
+#[test]
+fn committer_groups_a_burst_into_few_commits_and_flush_waits_for_disk() {
+    use fwagent::state::Committer;
+    let dir = TempDir::new("committer");
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(store);
+    let committer = Committer::spawn(store.clone()).unwrap();
+    for i in 0..1000u32 {
+        let ip = std::net::Ipv4Addr::from(0xC612_0000 | i);
+        let mut txn = Txn::new();
+        txn.put_ban(&Ban {
+            target: IpNet::from(std::net::IpAddr::V4(ip)),
+            rule: "exim-ratelimit".into(),
+            banned_at: t(NOW),
+            expires_at: None,
+            hits: 3,
+            times_banned: 1,
+        });
+        committer.submit(txn);
+    }
+    committer.flush().unwrap();
+    assert_eq!(store.active_bans(t(NOW)).unwrap().len(), 1000);
+    let commits = committer.commits();
+    eprintln!("1000 submissions: {commits} commits");
+    assert!(
+        (1..=500).contains(&commits),
+        "1000 submissions took {commits} commits"
+    );
+    // Later submissions win over earlier ones for the same key, across commits too.
+    let mut unban = Txn::new();
+    unban.remove_ban(net("198.18.0.0/32"));
+    committer.submit(unban);
+    let mut again = Txn::new();
+    again.put_ban(&ban("198.18.0.0/32", "manual", NOW, None));
+    committer.submit(again);
+    // Dropping the handle commits what is pending before the thread ends.
+    let mut last = Txn::new();
+    last.put_ban(&ban("203.0.113.200/32", "r", NOW, None));
+    committer.submit(last);
+    drop(committer);
+    drop(store);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert_eq!(store.active_bans(t(NOW)).unwrap().len(), 1001);
+    assert_eq!(
+        store.ban(net("198.18.0.0/32")).unwrap().unwrap().rule,
+        "manual"
+    );
+}
