@@ -10,20 +10,22 @@
 //! commit slots and picks the newest valid one).
 //!
 //! Measured side by side with the floor of the alternative (an append-only journal: one
-//! `write` + `fdatasync` per commit), release build, `cargo bench --bench state`, on this
-//! machine's shared virtio disk (load average ~10 from other jobs, so tails are noisy):
+//! `write` + `fdatasync` per commit, interleaved with the redb commits so both see the same
+//! disk), release build, `cargo bench --bench state`, on this machine's virtio disk shared
+//! with other jobs (load average ~10); ranges are over three runs:
 //!
-//! | what                                   | redb store              | journal floor        |
-//! |----------------------------------------|-------------------------|----------------------|
-//! | one ban + checkpoint, durable          | median 0.5–0.7 ms, p99 ~12 ms | median 0.35–0.45 ms, p99 ~11 ms |
-//! | 100,000 bans in one commit             | 260–350 ms (+35–60 ms to build the Txn) | 31–250 ms (8 MB + fdatasync) |
-//! | open with 100,000 bans, full check     | 40–80 ms (after kill -9: 40–160 ms) | (replay: not built) |
-//! | stream 100,000 active bans             | 25–40 ms                | —                    |
-//! | VmRSS: bare process / +store, 500 bans / +store, 100,000 bans | 2.1 / 3.1 / 7.3 MiB | — |
-//! | VmHWM during the 100,000-ban commit    | 16 MiB (back to 5.4 MiB after) | —          |
+//! | what                                  | redb store                  | journal floor       |
+//! |---------------------------------------|-----------------------------|---------------------|
+//! | one ban + checkpoint, durable: median | 0.54 / 0.68 / 5.5 ms        | 0.35 / 0.43 / 4.9 ms |
+//! | same, p99                             | 12–16 ms                    | 11–14 ms            |
+//! | 100,000 bans in one commit            | 260–390 ms (+35–57 ms Txn)  | 29–250 ms (8 MB)    |
+//! | open with 100,000 bans, full check    | 40–80 ms; after kill -9 40–160 ms | (replay, not built) |
+//! | stream 100,000 active bans            | 25–45 ms                    | —                   |
+//! | VmRSS bare / 500 bans / 100,000 bans  | 2.1 / 3.0 / 7.3 MiB         | —                   |
+//! | VmHWM during a 100,000-ban commit     | 16 MiB (5.4 MiB after)      | —                   |
 //!
 //! The disk flush dominates a single commit either way (a hand-written journal would save
-//! ~0.2 ms at the median and nothing at the tail); the burst costs redb more but stays well
+//! 0.1–0.6 ms at the median and nothing at the tail); the burst costs redb more but stays well
 //! under the 0.5 s burst budget and is off the ban path (below). redb brings crash recovery,
 //! checksums, a lock against a second writer, and compaction that a journal would have to
 //! re-earn in tests; its page cache is capped ([`CACHE_BYTES`]) so RSS does not grow with the
@@ -31,7 +33,7 @@
 //!
 //! # Where the store sits in the ban path
 //!
-//! A commit waits for the disk (median ~0.6 ms here, p99 ~12 ms, worse on a busy VPS), so it
+//! A commit waits for the disk (median 0.5–5 ms here, p99 12–16 ms, worse on a busy VPS), so it
 //! must **not** sit between a log line and the kernel ban. The agent's order is: kernel write
 //! first, then queue the change in a [`Txn`] with [`Committer::submit`] (never blocks); the
 //! committer thread takes everything queued and commits it as one transaction
