@@ -12,11 +12,11 @@
 //! Measured side by side with the floor of the alternative (an append-only journal: one
 //! `write` + `fdatasync` per commit, interleaved with the redb commits so both see the same
 //! disk), release build, `cargo bench --bench state`, on this machine's virtio disk shared
-//! with other jobs (load average ~10); ranges are over three runs:
+//! with other jobs (load average ~10); figures from four runs:
 //!
 //! | what                                  | redb store                  | journal floor       |
 //! |---------------------------------------|-----------------------------|---------------------|
-//! | one ban + checkpoint, durable: median | 0.54 / 0.68 / 5.5 ms        | 0.35 / 0.43 / 4.9 ms |
+//! | one ban + checkpoint, durable: median | 0.54 / 0.68 / 4.0 / 5.5 ms  | 0.35 / 0.43 / 4.0 / 4.9 ms |
 //! | same, p99                             | 12–16 ms                    | 11–14 ms            |
 //! | 100,000 bans in one commit            | 260–390 ms (+35–57 ms Txn)  | 29–250 ms (8 MB)    |
 //! | open with 100,000 bans, full check    | 40–80 ms; after kill -9 40–160 ms | (replay, not built) |
