@@ -257,7 +257,7 @@ impl Default for Config {
 /// A configuration error: file, line (when known), key (when known) and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", path.display())]
+    #[error("reading config {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
