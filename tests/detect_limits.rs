@@ -141,6 +141,16 @@ fn escalation_counts_bans_across_rules_and_caps() {
     fresh.set_history(serde_json::from_str(&json).unwrap());
     let again = offend(&mut fresh, exim2, &exim_line(ip), 3);
     assert_eq!(again.repeat, 4);
+    // Forgiven: the next offence is a first one again.
+    fresh.forgive(again.key);
+    let after = offend(&mut fresh, exim2, &exim_line(ip), 3);
+    assert_eq!(
+        (after.repeat, after.ban_time),
+        (0, Duration::from_secs(86_400))
+    );
+    // Pruned 31 days later: history gone.
+    fresh.prune(at(31 * 86_400));
+    assert!(fresh.history().is_empty());
 }
 
 #[test]

@@ -171,6 +171,18 @@ impl Detector {
         self.history = h;
     }
 
+    /// Forgets a key's windows and history (a manual unban that should not count as a
+    /// previous offence).
+    pub fn forgive(&mut self, key: Key) {
+        self.windows.forget(key);
+        self.history.forget(key);
+    }
+
+    /// Drops history older than the escalation window; call now and then (hourly).
+    pub fn prune(&mut self, now: SystemTime) {
+        self.history.prune(now, self.escalation.history);
+    }
+
     /// The counting state (for metrics).
     pub fn windows(&self) -> &Windows {
         &self.windows
