@@ -78,7 +78,9 @@ fn run_rules(rules: Vec<Rule>, files: &[&str]) -> Outcome {
                 let now = times.read(rule.timestamp, line).unwrap_or(arrival);
                 let name = rule.name.clone();
                 match det.count(id, ip, now) {
-                    Observation::Counted { .. } => {
+                    // Lines during a ban still count as hits of the address; they just
+                    // cannot ban it again.
+                    Observation::Counted { .. } | Observation::Banned { .. } => {
                         *out.counted.entry((name, ip)).or_default() += 1;
                     }
                     Observation::Offence(o) => {

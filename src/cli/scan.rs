@@ -297,6 +297,14 @@ impl Scan {
                         o.hits += 1;
                     }
                 }
+                // A line from an address banned at that moment: the firewall would have
+                // dropped it; it adds to the address's hits, never to a new ban.
+                Observation::Banned { key, .. } => {
+                    self.stats[id].matched += 1;
+                    if let Some(o) = self.offenders.get_mut(&(id, key)) {
+                        o.hits += 1;
+                    }
+                }
                 Observation::Offence(off) => {
                     self.stats[id].matched += 1;
                     let o = self.offenders.entry((id, off.key)).or_default();

@@ -39,6 +39,7 @@ pub mod rules;
 pub mod timestamp;
 pub mod window;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -84,6 +85,9 @@ pub enum Observation {
     Protected(IpAddr),
     /// Counted, threshold not reached yet.
     Counted { key: Key, addr: IpAddr, hits: u32 },
+    /// The key is banned right now: a line written before the ban took effect (or read in
+    /// the same burst). Not counted, so it can neither ban again nor inflate escalation.
+    Banned { key: Key, addr: IpAddr },
     /// Threshold reached.
     Offence(Offence),
 }
@@ -96,6 +100,8 @@ pub struct Detector {
     windows: Windows,
     history: History,
     escalation: Escalation,
+    /// Keys banned until (ms since the epoch; `u64::MAX` = permanent).
+    banned: HashMap<Key, u64>,
 }
 
 impl Detector {
@@ -106,6 +112,7 @@ impl Detector {
             never,
             windows: Windows::new(DEFAULT_MAX_TRACKED),
             history: History::new(),
+            banned: HashMap::new(),
             escalation: Escalation::default(),
         }
     }
@@ -176,11 +183,33 @@ impl Detector {
     pub fn forgive(&mut self, key: Key) {
         self.windows.forget(key);
         self.history.forget(key);
+        self.banned.remove(&key);
+    }
+
+    /// Records that `key` is banned until `until` (`None`: permanently), so lines already on
+    /// their way are not counted. Offences mark their key themselves; the agent calls this
+    /// for manual bans and for bans restored at start-up.
+    pub fn mark_banned(&mut self, key: Key, until: Option<SystemTime>) {
+        let until = until.map_or(u64::MAX, window::millis);
+        self.banned.insert(key, until);
+    }
+
+    /// Forgets that `key` is banned (it was unbanned) without touching its history.
+    pub fn lift(&mut self, key: Key) {
+        self.banned.remove(&key);
+    }
+
+    fn is_banned(&self, key: Key, now: SystemTime) -> bool {
+        self.banned
+            .get(&key)
+            .is_some_and(|&until| until > window::millis(now))
     }
 
     /// Drops history older than the escalation window; call now and then (hourly).
     pub fn prune(&mut self, now: SystemTime) {
         self.history.prune(now, self.escalation.history);
+        let t = window::millis(now);
+        self.banned.retain(|_, until| *until > t);
     }
 
     /// The counting state (for metrics).
@@ -222,6 +251,9 @@ impl Detector {
             tracing::debug!(rule = %r.name, %ip, "never-ban address: not counted");
             return Observation::Protected(ip);
         };
+        if self.is_banned(key, now) {
+            return Observation::Banned { key, addr: ip };
+        }
         match self.windows.hit(rule, key, now, r.max_hits, r.find_time) {
             None => Observation::Counted {
                 key,
@@ -231,6 +263,14 @@ impl Detector {
             Some(hits) => {
                 let repeat = self.history.record(key, now, self.escalation.history);
                 let ban_time = self.escalation.ban_time(r.ban_time, repeat);
+                let until = (!ban_time.is_zero()).then(|| now + ban_time);
+                // Expired entries go when the map doubles, so a flood of offenders cannot
+                // grow it beyond the bans actually in force.
+                if self.banned.len() >= 1024 && self.banned.len().is_power_of_two() {
+                    let t = window::millis(now);
+                    self.banned.retain(|_, u| *u > t);
+                }
+                self.mark_banned(key, until);
                 Observation::Offence(Offence {
                     key,
                     addr: ip,
