@@ -8,6 +8,7 @@
 //!   allow-list and local addresses; turns lines into offenders.
 //! - [`nft`]     — the kernel layer: our own nftables table (`inet fwagent`), sets with
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
+//! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
 //! - [`config`]  — the TOML configuration (embedded default, file/line/key errors).
 //! - [`cli`]     — the `fwagent` command line; one file per command group.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod duration;
 pub mod follow;
