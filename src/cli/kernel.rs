@@ -87,20 +87,23 @@ const USAGE: u8 = 2;
 /// Loads settings, or prints the configuration error and yields exit code 2.
 fn settings(c: &Common) -> Result<Settings, ExitCode> {
     load_settings(c.config.as_deref()).map_err(|e| {
-        eprintln!("fwagent: {e:#}");
+        // ConfigError's message already quotes its cause; print it once.
+        eprintln!("fwagent: {e}");
         ExitCode::from(USAGE)
     })
 }
 
 fn load_settings(path: Option<&Path>) -> Result<Settings> {
-    // The configuration module is being written alongside; until it lands only the
-    // defaults exist, and an explicit --config is refused rather than silently ignored.
-    if let Some(p) = path {
-        anyhow::bail!("{}: configuration files are not supported yet", p.display());
-    }
+    let cfg = crate::config::Config::load(path)?;
+    let fw = &cfg.firewall;
     Ok(Settings {
-        schema: Schema::default(),
-        ban_time: Duration::from_secs(24 * 3600),
+        schema: Schema {
+            table: fw.table.clone(),
+            set_size: fw.set_size,
+            ipv6_prefix: fw.ipv6_prefix,
+            priority: fw.priority,
+        },
+        ban_time: cfg.ban.time,
     })
 }
 
