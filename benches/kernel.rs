@@ -120,7 +120,9 @@ fn run(ns: &str, addrs: &[Ipv4Addr], script: &str) -> Samples {
 
         let t = Instant::now();
         let st = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "list", "set", "inet", "fwagent", "banned4"])
+            .args([
+                "netns", "exec", ns, "nft", "list", "set", "inet", "fwagent", "banned4",
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -169,7 +171,8 @@ fn bare_dump(table: &str, set: &str) -> usize {
         let n = n as usize;
         total += n;
         // The dump ends with NLMSG_DONE, alone or at the end of the last datagram.
-        if wire::messages(&buf[..n]).any(|m| m.ty == wire::NLMSG_DONE || m.ty == wire::NLMSG_ERROR) {
+        if wire::messages(&buf[..n]).any(|m| m.ty == wire::NLMSG_DONE || m.ty == wire::NLMSG_ERROR)
+        {
             return total;
         }
     }
@@ -189,7 +192,21 @@ fn report(s: &Samples) {
     let bare = median(s.bare_dump.clone());
     let list = median(s.nft_list.clone());
     println!("fwagent kernel benchmark, median of {RUNS} paired runs, {N} elements");
-    println!("  add 100k bans:     fwagent {:8.1} ms   nft -f   {:8.1} ms   ratio {:.2}", ms(ours), ms(nft), ms(ours) / ms(nft));
-    println!("  one ban (full set): fwagent {:8.3} ms   (median of {SINGLE_BANS} per run)", ms(one));
-    println!("  read 100k + counters: fwagent {:8.1} ms   bare dump {:8.1} ms   ratio {:.2}   nft list set {:8.1} ms", ms(read), ms(bare), ms(read) / ms(bare), ms(list));
+    println!(
+        "  add 100k bans:     fwagent {:8.1} ms   nft -f   {:8.1} ms   ratio {:.2}",
+        ms(ours),
+        ms(nft),
+        ms(ours) / ms(nft)
+    );
+    println!(
+        "  one ban (full set): fwagent {:8.3} ms   (median of {SINGLE_BANS} per run)",
+        ms(one)
+    );
+    println!(
+        "  read 100k + counters: fwagent {:8.1} ms   bare dump {:8.1} ms   ratio {:.2}   nft list set {:8.1} ms",
+        ms(read),
+        ms(bare),
+        ms(read) / ms(bare),
+        ms(list)
+    );
 }

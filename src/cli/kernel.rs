@@ -144,11 +144,20 @@ pub fn teardown(a: TeardownArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses one target; an IPv6 network of exactly the configured prefix length is the same
+/// ban as any address in it (`banned6`), so `list` output can be pasted back.
+fn parse_one(text: &str, prefix: u8) -> Result<Target, String> {
+    Ok(match nft::parse_target(text)? {
+        Target::Net6(n) if n.prefix_len() == prefix => Target::V6Prefix(n.network()),
+        t => t,
+    })
+}
+
 /// Parses every target first; one bad entry names itself and nothing is changed.
-fn parse_targets(texts: &[String], file: Option<&Path>) -> Result<Vec<Target>, String> {
+fn parse_targets(texts: &[String], file: Option<&Path>, prefix: u8) -> Result<Vec<Target>, String> {
     let mut out = Vec::with_capacity(texts.len());
     for t in texts {
-        out.push(nft::parse_target(t)?);
+        out.push(parse_one(t, prefix)?);
     }
     if let Some(path) = file {
         let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -176,7 +185,7 @@ fn parse_targets(texts: &[String], file: Option<&Path>) -> Result<Vec<Target>, S
             if text.is_empty() {
                 continue;
             }
-            out.push(nft::parse_target(text).map_err(|e| format!("{}:{n}: {e}", path.display()))?);
+            out.push(parse_one(text, prefix).map_err(|e| format!("{}:{n}: {e}", path.display()))?);
         }
     }
     Ok(out)
@@ -195,7 +204,7 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(USAGE));
         }
     };
-    let targets = match parse_targets(&a.targets, a.from_file.as_deref()) {
+    let targets = match parse_targets(&a.targets, a.from_file.as_deref(), st.schema.ipv6_prefix) {
         Ok(t) if t.is_empty() => {
             eprintln!("fwagent: nothing to ban (give addresses or --from-file)");
             return Ok(ExitCode::from(USAGE));
@@ -208,8 +217,11 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
     };
     let s = &st.schema;
     let mut nft = open()?;
-    // The ruleset must exist for bans to mean anything; creating it is idempotent.
-    nft.apply(s, false)?;
+    // The ruleset must exist for bans to mean anything. An existing table is left as it is
+    // (reshaping it is `setup`'s job, and the agent may own it).
+    if !nft.table_exists(&s.table)? {
+        nft.apply(s, false)?;
+    }
     let bans: Vec<(Target, Option<Duration>)> = targets.iter().map(|t| (*t, Some(dur))).collect();
     let r = nft.ban(s, &bans)?;
     let what = if targets.len() == 1 {
@@ -234,7 +246,7 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let targets = match parse_targets(&a.targets, None) {
+    let targets = match parse_targets(&a.targets, None, st.schema.ipv6_prefix) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("fwagent: {e}; nothing was unbanned");
@@ -247,10 +259,12 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A target as users write it: IPv6 prefix bans with their length.
+/// A target as users write it, so that a listed entry can be pasted into `unban`: IPv6
+/// prefix bans with their length, exact IPv6 bans as /128.
 fn show(t: &Target, s: &Schema) -> String {
     match t.normalize(s.ipv6_prefix) {
         Target::V6Prefix(a) => format!("{a}/{}", s.ipv6_prefix),
+        Target::V6Exact(a) => format!("{a}/128"),
         other => other.to_string(),
     }
 }

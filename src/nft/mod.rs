@@ -866,6 +866,11 @@ impl Nft {
 
     // ---- read-back ------------------------------------------------------------------
 
+    /// True when `table` exists in the kernel.
+    pub fn table_exists(&mut self, table: &str) -> Result<bool, NftError> {
+        Ok(self.read_table(table)?.is_some())
+    }
+
     fn require_table(&mut self, table: &str) -> Result<(), NftError> {
         if self.read_table(table)?.is_none() {
             return Err(NftError::kernel(
@@ -1043,7 +1048,12 @@ fn matches(
     rules: &[rule::RuleInfo],
 ) -> bool {
     const NFT_TABLE_F_DORMANT: u32 = 1;
-    if t.flags & NFT_TABLE_F_DORMANT != 0 || t.comment.as_deref() != Some(&s.fingerprint()) {
+    if t.flags & NFT_TABLE_F_DORMANT != 0 {
+        return false;
+    }
+    // The comment only speeds up the verdict: kernels before 5.13 do not keep table
+    // userdata, and the structural checks below cover everything it encodes.
+    if t.comment.as_deref().is_some_and(|c| c != s.fingerprint()) {
         return false;
     }
     let want_sets = s.sets();
