@@ -6,6 +6,7 @@
 //! must stay below 64 KiB (a u16 length); [`CHUNK`] elements per message keeps a wide margin
 //! (an IPv6 element with timeout is 48 bytes, so 1000 of them are ~48 KiB).
 
+use super::counter;
 use super::wire::*;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -21,8 +22,6 @@ const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_COUNTER_BYTES: u16 = 1;
-const NFTA_COUNTER_PACKETS: u16 = 2;
 
 /// Element flag: this key closes an interval (interval sets store `[start, end)` as two keys).
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
@@ -240,13 +239,8 @@ fn read_counter(expr: &[u8], el: &mut ElemInfo) {
         }
     }
     if is_counter {
-        for (t, q) in Attrs::new(data) {
-            match t {
-                NFTA_COUNTER_BYTES => el.bytes = be_u64(q).unwrap_or(0),
-                NFTA_COUNTER_PACKETS => el.packets = be_u64(q).unwrap_or(0),
-                _ => {}
-            }
-        }
+        let c = counter::parse(data);
+        (el.packets, el.bytes) = (c.packets, c.bytes);
     }
 }
 

@@ -10,6 +10,13 @@
 //! | `set_count`      | recent | count elements by dumping the set                      |
 
 use std::fmt;
+use std::net::Ipv4Addr;
+
+use super::batch;
+use super::element::{ElemOp, ElemSpec, Key};
+use super::set::{self, Family, SetSpec};
+use super::table::{self, NFT_TABLE_F_OWNER, NFT_TABLE_F_PERSIST};
+use super::{Nft, NftError};
 
 /// What the running kernel supports. `Features::default()` is the most capable set; the
 /// probe turns off what is missing.
@@ -92,6 +99,97 @@ impl fmt::Display for Features {
             yes(self.timeout_update),
             yes(self.set_count)
         )
+    }
+}
+
+impl Nft {
+    /// Probes what the kernel supports, without leaving anything behind:
+    /// 1. one batch that can never commit (it ends by deleting a table that does not exist)
+    ///    tells from per-message errors whether the kernel accepts the persist flag and
+    ///    DESTROYTABLE;
+    /// 2. a scratch table `fwagent-probe-<pid>` (no chains, so it never sees a packet)
+    ///    tells whether re-adding an element updates its timeout, and whether GETSET
+    ///    reports the element count; it is deleted right after.
+    pub(super) fn probe(&mut self) -> Result<Features, NftError> {
+        let pid = std::process::id();
+        let scratch = format!("fwagent-probe-{pid}");
+        let missing = format!("fwagent-probe-{pid}-absent");
+        let mut f = Features::default();
+
+        let mut b = self.batch();
+        let s_persist = b.seq(batch::Op::Probe("the persist table flag"));
+        table::new_table(
+            b.buf(),
+            s_persist,
+            &scratch,
+            NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+            None,
+        );
+        let s_destroy = b.seq(batch::Op::Probe("DESTROY messages"));
+        table::del_table(b.buf(), s_destroy, &missing, true);
+        let s_abort = b.seq(batch::Op::Probe("aborting the probe"));
+        table::del_table(b.buf(), s_abort, &missing, false);
+        let failures = self.send(b)?;
+        for fl in &failures {
+            if fl.errno == libc::EPERM {
+                return Err(NftError::from_failure(fl.clone()));
+            }
+        }
+        let failed = |what: &str| {
+            failures
+                .iter()
+                .any(|x| matches!(&x.op, batch::Op::Probe(w) if *w == what))
+        };
+        f.persist = !failed("the persist table flag");
+        f.destroy = !failed("DESTROY messages");
+
+        let r = self.probe_scratch(&scratch);
+        // Always remove the scratch table, whatever the probe found.
+        let mut b = self.batch();
+        let seq = b.seq(batch::Op::DeleteTable {
+            table: scratch.clone(),
+        });
+        table::del_table(b.buf(), seq, &scratch, false);
+        let _ = self.send(b);
+        let (update, count) = r?;
+        f.timeout_update = update;
+        f.set_count = count;
+        Ok(f)
+    }
+
+    fn probe_scratch(&mut self, scratch: &str) -> Result<(bool, bool), NftError> {
+        let spec = SetSpec {
+            name: "probe",
+            family: Family::V4,
+            interval: false,
+            size: 4,
+        };
+        let key: Key = Ipv4Addr::new(198, 51, 100, 1).into();
+        let elem = |t| ElemSpec {
+            key,
+            end: false,
+            timeout_ms: Some(t),
+        };
+        let mut b = self.batch();
+        let seq = b.seq(batch::Op::CreateTable {
+            table: scratch.into(),
+        });
+        table::new_table(b.buf(), seq, scratch, 0, None);
+        let seq = b.seq(batch::Op::CreateSet {
+            table: scratch.into(),
+            set: "probe".into(),
+        });
+        set::new_set(b.buf(), seq, scratch, &spec, 1);
+        b.elements(ElemOp::Add, scratch, "probe", &[elem(600_000)]);
+        self.commit(b)?;
+        let mut b = self.batch();
+        b.elements(ElemOp::Add, scratch, "probe", &[elem(1_200_000)]);
+        self.commit(b)?;
+        let elems = self.dump_set(scratch, "probe")?;
+        let update = elems.first().and_then(|e| e.timeout_ms) == Some(1_200_000);
+        let sets = self.read_sets(scratch)?;
+        let count = sets.first().is_some_and(|s| s.count.is_some());
+        Ok((update, count))
     }
 }
 

@@ -8,6 +8,7 @@
 //! `bitwise reg1 = reg1 & mask ^ 0` between payload and lookup, so the source address is cut
 //! to the configured prefix before it is looked up (see `schema.rs` for why).
 
+use super::counter;
 use super::set::Family;
 use super::wire::*;
 
@@ -44,9 +45,6 @@ const NFT_BITWISE_MASK_XOR: u32 = 0;
 const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_LOOKUP_SREG: u16 = 2;
 const NFTA_LOOKUP_SET_ID: u16 = 4;
-
-const NFTA_COUNTER_BYTES: u16 = 1;
-const NFTA_COUNTER_PACKETS: u16 = 2;
 
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
@@ -212,13 +210,8 @@ fn parse_expr(r: &mut RuleInfo, e: &[u8]) {
             r.set = find(Attrs::new(data), NFTA_LOOKUP_SET).map(|s| cstr(s).to_string());
         }
         "counter" => {
-            for (t, q) in Attrs::new(data) {
-                match t {
-                    NFTA_COUNTER_BYTES => r.bytes = be_u64(q).unwrap_or(0),
-                    NFTA_COUNTER_PACKETS => r.packets = be_u64(q).unwrap_or(0),
-                    _ => {}
-                }
-            }
+            let c = counter::parse(data);
+            (r.packets, r.bytes) = (c.packets, c.bytes);
         }
         _ => {}
     }

@@ -1,0 +1,260 @@
+//! Banning and unbanning: grouping targets per set, the kernel-version dependent plans
+//! (in-place timeout update or delete + add; DESTROY or DELETE with ENOENT retries), and
+//! interval-set planning for network bans.
+
+use super::*;
+
+impl Nft {
+    /// Bans targets, each with its own duration (`None` or zero = permanent), in one
+    /// transaction. Banning an already banned target refreshes its timeout (keeping its
+    /// counter on 6.10+; on older kernels by delete + add in the same batch).
+    pub fn ban(
+        &mut self,
+        s: &Schema,
+        bans: &[(Target, Option<Duration>)],
+    ) -> Result<BanReport, NftError> {
+        s.validate()?;
+        let p = s.ipv6_prefix;
+        // Hash-set keys per set; a key named twice keeps the later expiry.
+        let mut keys: BTreeMap<&'static str, HashMap<Key, Option<u64>>> = BTreeMap::new();
+        let mut nets: BTreeMap<&'static str, Vec<Range>> = BTreeMap::new();
+        for (t, d) in bans {
+            let ms = schema::timeout_ms(*d);
+            if let Some(k) = t.key(p) {
+                let e = keys.entry(t.set()).or_default().entry(k).or_insert(ms);
+                *e = schema::later(*e, ms);
+            } else if let Some((start, end)) = t.range(p) {
+                if start == 0 && end.is_none() {
+                    return Err(NftError::Invalid(format!(
+                        "refusing to ban everything ({t})"
+                    )));
+                }
+                nets.entry(t.set()).or_default().push(Range {
+                    start,
+                    end,
+                    timeout_ms: ms,
+                });
+            }
+        }
+        for attempt in 0..RETRIES {
+            let mut report = BanReport::default();
+            let mut plan: Vec<(&'static str, ElemOp, Vec<ElemSpec>)> = Vec::new();
+            for (set, m) in &keys {
+                let mut add: Vec<ElemSpec> = m
+                    .iter()
+                    .map(|(k, t)| ElemSpec {
+                        key: *k,
+                        end: false,
+                        timeout_ms: *t,
+                    })
+                    .collect();
+                add.sort_by_key(|e| e.key);
+                if !self.features.timeout_update {
+                    let ks: Vec<Key> = add.iter().map(|e| e.key).collect();
+                    let present = self.existing(&s.table, set, &ks)?;
+                    let mut del: Vec<ElemSpec> = add
+                        .iter()
+                        .filter(|e| present.contains(&e.key))
+                        .copied()
+                        .collect();
+                    del.sort_by_key(|e| e.key);
+                    plan.push((set, ElemOp::Delete, del));
+                }
+                report.applied += add.len();
+                plan.push((set, ElemOp::Add, add));
+            }
+            for (set, want) in &nets {
+                let (del, add, covered) = self.plan_nets(s, set, want)?;
+                report.applied += want.len() - covered;
+                report.covered += covered;
+                plan.push((set, ElemOp::Delete, del));
+                plan.push((set, ElemOp::Add, add));
+            }
+            let mut b = self.batch();
+            for (set, op, elems) in &plan {
+                let op = if *op == ElemOp::Delete && self.features.destroy {
+                    ElemOp::Destroy
+                } else {
+                    *op
+                };
+                b.elements(op, &s.table, set, elems);
+            }
+            if b.is_empty() {
+                return Ok(report);
+            }
+            let failures = self.send(b)?;
+            let Some(f) = failures.into_iter().next() else {
+                return Ok(report);
+            };
+            // ENOENT on a delete: an element expired between our check and the batch.
+            let raced = f.errno == libc::ENOENT
+                && matches!(
+                    f.op,
+                    batch::Op::Elements {
+                        op: ElemOp::Delete,
+                        ..
+                    }
+                );
+            if raced && attempt + 1 < RETRIES {
+                continue;
+            }
+            let requested: Vec<(&'static str, Vec<ElemSpec>)> = plan
+                .into_iter()
+                .filter(|(_, op, _)| *op == ElemOp::Add)
+                .map(|(s, _, e)| (s, e))
+                .collect();
+            return Err(self.explain(s, f, &requested));
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Plans a network ban against the interval set's current content: existing ranges
+    /// inside a new one are replaced by it, a new one already inside an existing range is
+    /// skipped (covered), partial overlaps are merged into their union (the later expiry).
+    #[allow(clippy::type_complexity)]
+    fn plan_nets(
+        &mut self,
+        s: &Schema,
+        set: &str,
+        want: &[Range],
+    ) -> Result<(Vec<ElemSpec>, Vec<ElemSpec>, usize), NftError> {
+        let fam = if set == schema::NETS4 {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        let existing = self.dump_ranges(&s.table, set)?;
+        let mut del = Vec::new();
+        let mut add = Vec::new();
+        let mut covered = 0;
+        let mut removed: HashSet<u128> = HashSet::new();
+        for w in merge_ranges(want.to_vec()) {
+            let overlapping: Vec<&(Range, ElemInfo)> =
+                existing.iter().filter(|(r, _)| r.overlaps(&w)).collect();
+            // Strictly wider existing ban: nothing to do (equal ranges are refreshed).
+            if overlapping.iter().any(|(r, _)| {
+                r.contains(&w)
+                    && *r
+                        != Range {
+                            timeout_ms: r.timeout_ms,
+                            ..w
+                        }
+            }) {
+                covered += 1;
+                continue;
+            }
+            let mut union = w;
+            for (r, _) in &overlapping {
+                if !w.contains(r) {
+                    union = merge_ranges(vec![union, *r])[0];
+                }
+                if removed.insert(r.start) {
+                    del.extend(r.elems(fam));
+                }
+            }
+            add.extend(union.elems(fam));
+        }
+        // Deleting then re-adding the same interval in one batch is fine; on 6.10+ an equal
+        // interval could be updated in place, but a uniform plan keeps one code path.
+        for d in &mut del {
+            d.timeout_ms = None;
+        }
+        Ok((del, add, covered))
+    }
+
+    /// Removes bans. Idempotent: absent or expired targets are counted, never an error, and
+    /// never abort the rest of the batch.
+    pub fn unban(&mut self, s: &Schema, targets: &[Target]) -> Result<UnbanReport, NftError> {
+        s.validate()?;
+        let p = s.ipv6_prefix;
+        let mut keys: BTreeMap<&'static str, Vec<Key>> = BTreeMap::new();
+        let mut nets: BTreeMap<&'static str, Vec<Range>> = BTreeMap::new();
+        for t in targets {
+            if let Some(k) = t.key(p) {
+                keys.entry(t.set()).or_default().push(k);
+            } else if let Some((start, end)) = t.range(p) {
+                nets.entry(t.set()).or_default().push(Range {
+                    start,
+                    end,
+                    timeout_ms: None,
+                });
+            }
+        }
+        for v in keys.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+        for attempt in 0..RETRIES {
+            let mut report = UnbanReport::default();
+            let mut b = self.batch();
+            for (set, ks) in &keys {
+                let present = self.existing(&s.table, set, ks)?;
+                report.removed += present.len();
+                report.absent += ks.len() - present.len();
+                let (op, list): (ElemOp, Vec<Key>) = if self.features.destroy {
+                    (ElemOp::Destroy, ks.clone())
+                } else {
+                    let mut v: Vec<Key> = present.into_iter().collect();
+                    v.sort();
+                    (ElemOp::Delete, v)
+                };
+                let elems: Vec<ElemSpec> = list
+                    .into_iter()
+                    .map(|key| ElemSpec {
+                        key,
+                        end: false,
+                        timeout_ms: None,
+                    })
+                    .collect();
+                b.elements(op, &s.table, set, &elems);
+            }
+            for (set, want) in &nets {
+                let fam = if *set == schema::NETS4 {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
+                let existing = self.dump_ranges(&s.table, set)?;
+                let mut del = Vec::new();
+                for w in want {
+                    // Remove the network and any narrower network bans inside it.
+                    let inside: Vec<&Range> = existing
+                        .iter()
+                        .map(|(r, _)| r)
+                        .filter(|r| w.contains(r))
+                        .collect();
+                    if inside.is_empty() {
+                        report.absent += 1;
+                    } else {
+                        report.removed += 1;
+                    }
+                    for r in inside {
+                        del.extend(r.elems(fam));
+                    }
+                }
+                for d in &mut del {
+                    d.timeout_ms = None;
+                }
+                let op = if self.features.destroy {
+                    ElemOp::Destroy
+                } else {
+                    ElemOp::Delete
+                };
+                b.elements(op, &s.table, set, &del);
+            }
+            if b.is_empty() {
+                return Ok(report);
+            }
+            let Some(f) = self.send(b)?.into_iter().next() else {
+                return Ok(report);
+            };
+            if f.errno == libc::ENOENT && attempt + 1 < RETRIES {
+                // On kernels without DESTROY: an element expired since we looked. Look again
+                // and retry without it.
+                continue;
+            }
+            return Err(NftError::from_failure(f));
+        }
+        unreachable!("the last attempt returns")
+    }
+}
