@@ -36,8 +36,13 @@ impl Nft {
                 });
             }
         }
+        // Each attempt reads what it must (old kernels: which keys exist; networks: the
+        // interval set), plans, and sends one batch. Only a lost race with an expiring
+        // element (ENOENT on a plain delete) is retried; anything else is reported.
         for attempt in 0..RETRIES {
             let mut report = BanReport::default();
+            // (set, op, elements) in batch order: for each set its deletes come before its
+            // adds, because the kernel applies the messages of a batch in order.
             let mut plan: Vec<(&'static str, ElemOp, Vec<ElemSpec>)> = Vec::new();
             for (set, m) in &keys {
                 let mut add: Vec<ElemSpec> = m
@@ -49,6 +54,9 @@ impl Nft {
                     })
                     .collect();
                 add.sort_by_key(|e| e.key);
+                // 6.10+: re-adding an element updates its timeout in place (and keeps its
+                // counter). Older kernels accept the add but keep the old timeout, so the
+                // existing keys are deleted first in the same batch.
                 if !self.features.timeout_update {
                     let ks: Vec<Key> = add.iter().map(|e| e.key).collect();
                     let present = self.existing(&s.table, set, &ks)?;
@@ -72,6 +80,8 @@ impl Nft {
             }
             let mut b = self.batch();
             for (set, op, elems) in &plan {
+                // The keys to delete were just seen, but may expire before the batch
+                // lands: DESTROY (6.3+) does not mind; DELETE then fails and we retry.
                 let op = if *op == ElemOp::Delete && self.features.destroy {
                     ElemOp::Destroy
                 } else {
@@ -98,6 +108,7 @@ impl Nft {
             if raced && attempt + 1 < RETRIES {
                 continue;
             }
+            // Most likely a full set: the error counts what was refused.
             let requested: Vec<(&'static str, Vec<ElemSpec>)> = plan
                 .into_iter()
                 .filter(|(_, op, _)| *op == ElemOp::Add)
@@ -132,14 +143,11 @@ impl Nft {
             let overlapping: Vec<&(Range, ElemInfo)> =
                 existing.iter().filter(|(r, _)| r.overlaps(&w)).collect();
             // Strictly wider existing ban: nothing to do (equal ranges are refreshed).
-            if overlapping.iter().any(|(r, _)| {
-                r.contains(&w)
-                    && *r
-                        != Range {
-                            timeout_ms: r.timeout_ms,
-                            ..w
-                        }
-            }) {
+            let same_span = |r: &Range| r.start == w.start && r.end == w.end;
+            if overlapping
+                .iter()
+                .any(|(r, _)| r.contains(&w) && !same_span(r))
+            {
                 covered += 1;
                 continue;
             }
@@ -166,6 +174,13 @@ impl Nft {
     /// never abort the rest of the batch.
     pub fn unban(&mut self, s: &Schema, targets: &[Target]) -> Result<UnbanReport, NftError> {
         s.validate()?;
+        // No table, no bans: everything is absent (not an error).
+        if !self.table_exists(&s.table)? {
+            return Ok(UnbanReport {
+                removed: 0,
+                absent: targets.len(),
+            });
+        }
         let p = s.ipv6_prefix;
         let mut keys: BTreeMap<&'static str, Vec<Key>> = BTreeMap::new();
         let mut nets: BTreeMap<&'static str, Vec<Range>> = BTreeMap::new();
@@ -216,6 +231,8 @@ impl Nft {
                 };
                 let existing = self.dump_ranges(&s.table, set)?;
                 let mut del = Vec::new();
+                // Two targets may cover the same range: delete it once.
+                let mut removed: HashSet<u128> = HashSet::new();
                 for w in want {
                     // Remove the network and any narrower network bans inside it.
                     let inside: Vec<&Range> = existing
@@ -229,7 +246,9 @@ impl Nft {
                         report.removed += 1;
                     }
                     for r in inside {
-                        del.extend(r.elems(fam));
+                        if removed.insert(r.start) {
+                            del.extend(r.elems(fam));
+                        }
                     }
                 }
                 for d in &mut del {
