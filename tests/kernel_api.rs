@@ -288,3 +288,28 @@ fn refresh_keeps_the_counter_where_the_kernel_can() {
         }
     }
 }
+
+#[test]
+fn a_batch_planned_at_an_old_generation_is_refused() {
+    if !root_or_skip("a_batch_planned_at_an_old_generation_is_refused") {
+        return;
+    }
+    use fwagent::nft::{batch, socket::Socket, table};
+    let ns = NetNs::new();
+    ns.enter(|| {
+        let mut nft = Nft::open().unwrap();
+        let genid = nft.generation().unwrap();
+        nft.apply(&Schema::default(), false).unwrap(); // moves the generation on
+        let mut sock = Socket::open().unwrap();
+        let mut b = batch::Batch::with_genid(sock.next_seq(), Some(genid));
+        let seq = b.seq(batch::Op::CreateTable {
+            table: "stale".into(),
+        });
+        table::new_table(b.buf(), seq, "stale", 0, None);
+        let (bytes, tracker, _) = b.finish();
+        let failures = sock.batch(&bytes, tracker).unwrap().into_failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].errno, libc::ERESTART);
+        assert!(!nft.table_exists("stale").unwrap());
+    });
+}

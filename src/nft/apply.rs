@@ -9,6 +9,23 @@ impl Nft {
     /// only): taken with the persist flag, and only where the kernel has it.
     pub fn apply(&mut self, s: &Schema, own: bool) -> Result<Applied, NftError> {
         s.validate()?;
+        // A rebuild is planned from a read of the kernel; if anything changed the ruleset
+        // in between (a ban from another process), the kernel refuses the batch (ERESTART)
+        // and we read and plan again.
+        let mut attempt = 0;
+        loop {
+            match self.apply_once(s, own) {
+                Err(e) if e.errno() == Some(libc::ERESTART) && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!("ruleset changed while rebuilding; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn apply_once(&mut self, s: &Schema, own: bool) -> Result<Applied, NftError> {
+        let genid = self.generation()?;
         let flags = match (own, self.features.persist) {
             (true, true) => NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
             (true, false) => {
@@ -71,6 +88,19 @@ impl Nft {
             } else {
                 Family::V6
             };
+            // A set of ours by name but not by key type cannot hand its keys over.
+            let want = s
+                .sets()
+                .into_iter()
+                .find(|w| w.name == name)
+                .map(|w| w.family);
+            if want != Some(fam) || !(info.key_len == 4 || info.key_len == 16) {
+                tracing::warn!(
+                    set = name,
+                    "old set has foreign keys; its elements are dropped"
+                );
+                continue;
+            }
             if interval {
                 let ranges: Vec<Range> = self
                     .dump_ranges(&s.table, name)?
@@ -128,7 +158,9 @@ impl Nft {
             .collect();
         carried.push((schema::NETS6, nets6));
 
-        let mut b = self.batch();
+        // One batch, in this order: delete the old table (with its sets, chains and
+        // rules), create the new one, re-add the carried bans. Valid only at `genid`.
+        let mut b = batch::Batch::with_genid(self.sock.next_seq(), Some(genid));
         let seq = b.seq(batch::Op::DeleteTable {
             table: s.table.clone(),
         });

@@ -152,6 +152,15 @@ pub struct Batch {
 impl Batch {
     /// Starts a batch whose messages use sequence numbers from `first_seq` on.
     pub fn new(first_seq: u32) -> Batch {
+        Batch::with_genid(first_seq, None)
+    }
+
+    /// Like [`Batch::new`], but the kernel refuses the whole batch with ERESTART unless the
+    /// ruleset generation is still `genid`: a plan made from a read stays valid only if
+    /// nobody changed the ruleset since.
+    pub fn with_genid(first_seq: u32, genid: Option<u32>) -> Batch {
+        /// Attribute of BATCH_BEGIN carrying the expected generation id.
+        const NFNL_BATCH_GENID: u16 = 1;
         let mut buf = MsgBuf::with_capacity(4096);
         let m = buf.begin_msg(
             NFNL_MSG_BATCH_BEGIN,
@@ -160,6 +169,9 @@ impl Batch {
             NFPROTO_UNSPEC,
             NFNL_SUBSYS_NFTABLES,
         );
+        if let Some(g) = genid {
+            buf.u32(NFNL_BATCH_GENID, g);
+        }
         buf.end_msg(m);
         let mut tracker = AckTracker::new();
         tracker.set_whole(first_seq);
