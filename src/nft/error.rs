@@ -2,6 +2,7 @@
 //! keeps the kernel's errno (and extended-ack text, when the kernel gives one) as the cause.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::batch::{Failure, Op};
 
@@ -29,7 +30,8 @@ impl fmt::Display for Errno {
 
 impl std::error::Error for Errno {}
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so one kernel result can answer several merged requests.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NftError {
     /// The kernel refused an operation.
     #[error("{op}{}", ext.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
@@ -56,7 +58,7 @@ pub enum NftError {
     Io {
         op: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("{op}: no reply from the kernel within {secs} s")]
     Timeout { op: String, secs: u64 },
@@ -64,6 +66,9 @@ pub enum NftError {
     Schema(String),
     #[error("{0}")]
     Invalid(String),
+    /// The thread owning the kernel socket has stopped (used by the agent's actor).
+    #[error("the kernel actor has stopped")]
+    Gone,
 }
 
 impl NftError {
@@ -86,7 +91,7 @@ impl NftError {
     pub fn io(op: impl fmt::Display, source: std::io::Error) -> NftError {
         NftError::Io {
             op: op.to_string(),
-            source,
+            source: Arc::new(source),
         }
     }
 

@@ -226,3 +226,13 @@ fn parses_targets_strictly() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn handles_and_errors_cross_threads() {
+    // The agent moves an Nft onto its own thread and clones one result to many callers.
+    fn send<T: Send>() {}
+    fn clone_send_sync<T: Clone + Send + Sync>() {}
+    send::<Nft>();
+    clone_send_sync::<NftError>();
+    clone_send_sync::<BanReport>();
+}
