@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Elements per transaction when a plan must be split (~150 KB for IPv4 with timeouts,
+/// under the default 208 KiB socket send buffer).
+const SPLIT: usize = 4000;
+
 impl Nft {
     /// Bans targets, each with its own duration (`None` or zero = permanent), in one
     /// transaction. Banning an already banned target refreshes its timeout (keeping its
@@ -78,21 +82,18 @@ impl Nft {
                 plan.push((set, ElemOp::Delete, del));
                 plan.push((set, ElemOp::Add, add));
             }
-            let mut b = self.batch();
-            for (set, op, elems) in &plan {
-                // The keys to delete were just seen, but may expire before the batch
-                // lands: DESTROY (6.3+) does not mind; DELETE then fails and we retry.
-                let op = if *op == ElemOp::Delete && self.features.destroy {
-                    ElemOp::Destroy
-                } else {
-                    *op
-                };
-                b.elements(op, &s.table, set, elems);
+            // The keys to delete were just seen, but may expire before the batch lands:
+            // DESTROY (6.3+) does not mind; DELETE then fails and we retry.
+            let destroy = self.features.destroy;
+            for (_, op, _) in &mut plan {
+                if *op == ElemOp::Delete && destroy {
+                    *op = ElemOp::Destroy;
+                }
             }
-            if b.is_empty() {
+            if plan.iter().all(|(_, _, e)| e.is_empty()) {
                 return Ok(report);
             }
-            let failures = self.send(b)?;
+            let failures = self.send_plan(&s.table, &plan)?;
             let Some(f) = failures.into_iter().next() else {
                 return Ok(report);
             };
@@ -117,6 +118,43 @@ impl Nft {
             return Err(self.explain(s, f, &requested));
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Sends a plan as one transaction. Only if the socket cannot take a datagram that big
+    /// (no CAP_NET_ADMIN for SO_SNDBUFFORCE, e.g. in a user namespace: EMSGSIZE) is it sent
+    /// as several transactions of at most [`SPLIT`] elements, in plan order.
+    fn send_plan(
+        &mut self,
+        table: &str,
+        plan: &[(&'static str, ElemOp, Vec<ElemSpec>)],
+    ) -> Result<Vec<batch::Failure>, NftError> {
+        let mut b = self.batch();
+        for (set, op, elems) in plan {
+            b.elements(*op, table, set, elems);
+        }
+        match self.send(b) {
+            Err(e) if e.errno() == Some(libc::EMSGSIZE) => {
+                tracing::warn!("transaction too large for the socket; splitting it");
+            }
+            other => return other,
+        }
+        for (set, op, elems) in plan {
+            // Interval sets are small and their start/end pairs must stay together.
+            let size = if elems.iter().any(|e| e.end) {
+                elems.len().max(1)
+            } else {
+                SPLIT
+            };
+            for part in elems.chunks(size) {
+                let mut b = self.batch();
+                b.elements(*op, table, set, part);
+                let failures = self.send(b)?;
+                if !failures.is_empty() {
+                    return Ok(failures);
+                }
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Plans a network ban against the interval set's current content: existing ranges
