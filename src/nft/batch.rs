@@ -41,6 +41,8 @@ pub enum Op {
         n: usize,
     },
     Probe(&'static str),
+    /// A plain request (not part of a batch), described in full.
+    Read(String),
 }
 
 impl fmt::Display for Op {
@@ -63,6 +65,7 @@ impl fmt::Display for Op {
                 write!(f, "{verb} {n} {noun} {prep} set inet {table} {set}")
             }
             Op::Probe(what) => write!(f, "probing kernel support for {what}"),
+            Op::Read(what) => f.write_str(what),
         }
     }
 }

@@ -207,7 +207,7 @@ impl Nft {
         table::get_table(&mut b, seq, name);
         let mut t = batch::AckTracker::new();
         let op = format!("reading table inet {name}");
-        t.expect(seq, batch::Op::Probe("table"));
+        t.expect(seq, batch::Op::Read(op.clone()));
         let mut info = None;
         let t = self.sock.requests(b.as_bytes(), t, |m| {
             if m.nft_msg() == Some(NFT_MSG_NEWTABLE) {
@@ -315,7 +315,10 @@ impl Nft {
         for (i, k) in keys.iter().enumerate() {
             let seq = first.wrapping_add(i as u32);
             element::get_element(&mut b, seq, table, set, k);
-            t.expect(seq, batch::Op::Probe("element"));
+            t.expect(
+                seq,
+                batch::Op::Read(format!("looking up an element of set inet {table} {set}")),
+            );
             by_seq.insert(seq, *k);
         }
         let mut found = HashSet::new();
@@ -476,7 +479,10 @@ impl Nft {
         );
         b.end_msg(m);
         let mut t = batch::AckTracker::new();
-        t.expect(seq, batch::Op::Probe("the generation id"));
+        t.expect(
+            seq,
+            batch::Op::Read("reading the ruleset generation".into()),
+        );
         let mut gen_id = None;
         let t = self.sock.requests(b.as_bytes(), t, |m| {
             if m.nft_msg() == Some(NFT_MSG_NEWGEN) {
