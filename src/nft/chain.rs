@@ -66,9 +66,12 @@ pub fn new_chain(b: &mut MsgBuf, seq: u32, table: &str, hook: Hook, priority: i3
     b.str(NFTA_CHAIN_TABLE, table);
     b.str(NFTA_CHAIN_NAME, hook.chain());
     b.str(NFTA_CHAIN_TYPE, "filter");
+    // Policy accept: our chains only ever drop what is banned; everything else goes on
+    // to the other tables' chains exactly as if fwagent were not there.
     b.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
     let h = b.nest(NFTA_CHAIN_HOOK);
     b.u32(NFTA_HOOK_HOOKNUM, hook.hooknum());
+    // Priorities are signed; the wire carries their two's complement as a be32.
     b.u32(NFTA_HOOK_PRIORITY, priority as u32);
     b.nest_end(h);
     b.end_msg(m);

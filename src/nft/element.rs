@@ -118,6 +118,8 @@ pub fn elements_msg(
         if e.end {
             b.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
         }
+        // Only adds carry a timeout, and only on keys that start something: an interval's
+        // end holds no data of its own. No timeout attribute = never expires.
         if let (Some(t), ElemOp::Add, false) = (e.timeout_ms, op, e.end) {
             b.u64(NFTA_SET_ELEM_TIMEOUT, t);
         }

@@ -74,6 +74,8 @@ pub fn new_rule(b: &mut MsgBuf, seq: u32, table: &str, chain: &str, r: &RuleSpec
         NFPROTO_INET,
         0,
     );
+    // Attributes and expressions in the order nft 1.0.6 sends them, so the golden test
+    // can compare bytes (the kernel itself does not care about attribute order).
     b.str(NFTA_RULE_TABLE, table);
     b.str(NFTA_RULE_CHAIN, chain);
     let list = b.nest(NFTA_RULE_EXPRESSIONS);
@@ -83,6 +85,8 @@ pub fn new_rule(b: &mut MsgBuf, seq: u32, table: &str, chain: &str, r: &RuleSpec
     };
     let len = r.family.key_len() as u32;
 
+    // In an inet table a packet may be IPv4 or IPv6: check the family before reading the
+    // address, or an IPv6 header's bytes 12..16 would be looked up as an IPv4 address.
     expr(b, "meta", |b| {
         b.u32(NFTA_META_KEY, NFT_META_NFPROTO);
         b.u32(NFTA_META_DREG, NFT_REG_1);
@@ -114,11 +118,13 @@ pub fn new_rule(b: &mut MsgBuf, seq: u32, table: &str, chain: &str, r: &RuleSpec
             b.nest_end(x);
         });
     }
+    // Lookup by name; the set id lets the kernel resolve sets created in the same batch.
     expr(b, "lookup", |b| {
         b.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
         b.str(NFTA_LOOKUP_SET, r.set);
         b.u32(NFTA_LOOKUP_SET_ID, set_id);
     });
+    // The counter sits after the lookup, so it counts exactly the packets this rule drops.
     expr(b, "counter", |_| {});
     expr(b, "immediate", |b| {
         b.u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);

@@ -102,11 +102,14 @@ pub fn new_set(b: &mut MsgBuf, seq: u32, table: &str, set: &SetSpec, id: u32) {
     b.u32(NFTA_SET_FLAGS, set.flags());
     b.u32(NFTA_SET_KEY_TYPE, set.family.key_type());
     b.u32(NFTA_SET_KEY_LEN, set.family.key_len() as u32);
+    // The id is how rules of the same batch refer to a set that does not exist yet.
     b.u32(NFTA_SET_ID, id);
+    // An explicit size: without it the kernel stops dynamic adds at 65,535 elements.
     let d = b.nest(NFTA_SET_DESC);
     b.u32(NFTA_SET_DESC_SIZE, set.size);
     b.nest_end(d);
     b.bytes(NFTA_SET_USERDATA, &UDATA_KEY_BYTEORDER_BE);
+    // The set expression: an empty `counter`, cloned into each new element.
     let e = b.nest(NFTA_SET_EXPR);
     b.str(NFTA_EXPR_NAME, "counter");
     let data = b.nest(NFTA_EXPR_DATA);

@@ -26,6 +26,7 @@ pub fn new_table(b: &mut MsgBuf, seq: u32, name: &str, flags: u32, comment: Opti
         0,
     );
     b.str(NFTA_TABLE_NAME, name);
+    // Always sent, also as 0: nft does the same, and it keeps the golden bytes equal.
     b.u32(NFTA_TABLE_FLAGS, flags);
     if let Some(c) = comment {
         b.bytes(NFTA_TABLE_USERDATA, &comment_udata(c));
