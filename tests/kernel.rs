@@ -533,3 +533,52 @@ fn whole_cli_on_the_6_1_paths() {
     );
     assert!(out.contains("unbanned 2; 1 not banned"), "{out}");
 }
+
+#[test]
+fn network_bans_drop_inside_and_only_inside() {
+    if !root_or_skip("network_bans_drop_inside_and_only_inside") {
+        return;
+    }
+    let host = NetNs::new();
+    let peer = NetNs::new();
+    veth(&host, "h0", &peer, "p0");
+    host.ip(&["addr", "add", "198.51.100.1/24", "dev", "h0"]);
+    peer.ip(&["addr", "add", "198.51.100.2/24", "dev", "p0"]);
+    peer.ip(&["addr", "add", "198.51.100.77/24", "dev", "p0"]);
+    host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "h0", "nodad"]);
+    peer.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "p0", "nodad"]);
+    peer.ip(&["addr", "add", "2001:db8:1::8002/64", "dev", "p0", "nodad"]);
+    // Networks holding .2 and 2001:db8:1::2 (but not .77 or ::8002), plus networks
+    // elsewhere, so the interval sets have ranges below and above the peer's addresses.
+    host.fwagent_ok(
+        &[],
+        &[
+            "ban",
+            "198.51.100.0/28",
+            "198.51.100.128/25",
+            "203.0.113.0/24",
+            "2001:db8:1::/113",
+            "2001:db8:2::/48",
+        ],
+    );
+    assert!(!peer.ping(&["-I", "198.51.100.2", "198.51.100.1"]));
+    assert!(peer.ping(&["-I", "198.51.100.77", "198.51.100.1"]));
+    assert!(!peer.ping(&["-6", "-I", "2001:db8:1::2", "2001:db8:1::1"]));
+    assert!(peer.ping(&["-6", "-I", "2001:db8:1::8002", "2001:db8:1::1"]));
+    let st = json(&host, &[], &["status", "--json"]);
+    let rule = |set: &str| {
+        st["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["hook"] == "input" && r["set"] == set)
+            .and_then(|r| r["packets"].as_u64())
+            .unwrap()
+    };
+    assert!(rule("nets4") >= 1 && rule("nets6") >= 1, "{st}");
+    let e = element(&host, &[], "198.51.100.0/28").unwrap();
+    assert!(e["packets"].as_u64().unwrap() >= 1);
+    host.fwagent_ok(&[], &["unban", "198.51.100.0/24"]); // lifts the /28 and the /25
+    assert!(peer.ping(&["-I", "198.51.100.2", "198.51.100.1"]));
+    assert!(element(&host, &[], "203.0.113.0/24").is_some());
+}
