@@ -183,6 +183,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Median of the per-run ratios a/b: each run's pair shares the machine's load of the
+/// moment, so this is steadier than a ratio of medians on a busy machine.
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
 fn report(s: &Samples) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let ours = median(s.ours_100k.clone());
