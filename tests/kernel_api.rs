@@ -313,3 +313,26 @@ fn a_batch_planned_at_an_old_generation_is_refused() {
         assert!(!nft.table_exists("stale").unwrap());
     });
 }
+
+#[test]
+fn handles_opened_concurrently_probe_independently() {
+    if !root_or_skip("handles_opened_concurrently_probe_independently") {
+        return;
+    }
+    let ns = NetNs::new();
+    ns.enter(|| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..10).all(|_| Nft::open().is_ok())))
+            .collect();
+        // Threads spawned here inherit this thread's network namespace.
+        for t in threads {
+            assert!(t.join().unwrap(), "every open succeeded");
+        }
+        let mut nft = Nft::open().unwrap();
+        assert!(!nft.table_exists("fwagent").unwrap());
+    });
+    assert!(
+        ns.ok("nft", &["list", "tables"]).trim().is_empty(),
+        "no scratch left"
+    );
+}

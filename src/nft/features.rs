@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::batch;
 use super::element::{ElemOp, ElemSpec, Key};
@@ -107,13 +108,20 @@ impl Nft {
     /// 1. one batch that can never commit (it ends by deleting a table that does not exist)
     ///    tells from per-message errors whether the kernel accepts the persist flag and
     ///    DESTROYTABLE;
-    /// 2. a scratch table `fwagent-probe-<pid>` (no chains, so it never sees a packet)
+    /// 2. a scratch table `fwagent-probe-<pid>-<n>` (no chains, so it never sees a packet)
     ///    tells whether re-adding an element updates its timeout, and whether GETSET
     ///    reports the element count; it is deleted right after.
     pub(super) fn probe(&mut self) -> Result<Features, NftError> {
-        let pid = std::process::id();
-        let scratch = format!("fwagent-probe-{pid}");
-        let missing = format!("fwagent-probe-{pid}-absent");
+        // Unique per probe, so handles opened at the same time in one process never delete
+        // each other's scratch table.
+        static PROBES: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        );
+        let scratch = format!("fwagent-probe-{id}");
+        let missing = format!("fwagent-probe-{id}-absent");
         let mut f = Features::default();
 
         let mut b = self.batch();
