@@ -118,6 +118,20 @@ fn setup_matches_golden_ruleset_and_is_idempotent() {
     for t in ["198.51.100.7", "2001:db8:1:2::/64", "203.0.113.0/24"] {
         assert!(element(&ours, &[], t).is_some(), "{t} survived");
     }
+    // A rule removed behind our back: status says so (exit 1); setup rebuilds, keeping bans.
+    ours.ok("nft", &["flush", "chain", "inet", "fwagent", "forward"]);
+    let st = ours.fwagent(&["status", "--json"]);
+    assert_eq!(st.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["missing_rules"].as_array().unwrap().len(), 5, "{v}");
+    let out = ours.fwagent_ok(&[], &["setup"]);
+    assert!(
+        out.contains("rebuilt") && out.contains("3 bans carried"),
+        "{out}"
+    );
+    assert_eq!(ours.fwagent(&["status"]).status.code(), Some(0));
+    assert!(element(&ours, &[], "2001:db8:1:2::/64").is_some());
+
     // Teardown removes only our table; a second teardown is not an error.
     reference.ok("nft", &["add", "table", "ip", "other"]);
     ours.ok("nft", &["add", "table", "ip", "other"]);
