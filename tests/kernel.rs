@@ -192,6 +192,41 @@ fn ipv4_traffic_is_dropped_counted_and_restored() {
     );
 }
 
+/// Permanent IPv6 neighbour entries both ways, so neighbour discovery (whose packets carry
+/// a source address the kernel picks, possibly a banned one) cannot decide a test.
+fn static_neighbours(host: &NetNs, host_addrs: &[&str], peer: &NetNs, peer_addrs: &[&str]) {
+    let mac = |ns: &NetNs, dev: &str| ns.ok("cat", &[&format!("/sys/class/net/{dev}/address")]);
+    let (hmac, pmac) = (mac(host, "h0"), mac(peer, "p0"));
+    for a in peer_addrs {
+        host.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            a,
+            "lladdr",
+            pmac.trim(),
+            "dev",
+            "h0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    for a in host_addrs {
+        peer.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            a,
+            "lladdr",
+            hmac.trim(),
+            "dev",
+            "p0",
+            "nud",
+            "permanent",
+        ]);
+    }
+}
+
 #[test]
 fn ipv6_prefix_ban_covers_the_whole_64() {
     if !root_or_skip("ipv6_prefix_ban_covers_the_whole_64") {
@@ -204,6 +239,12 @@ fn ipv6_prefix_ban_covers_the_whole_64() {
     for a in ["2001:db8:1::2/64", "2001:db8:1::3/64"] {
         peer.ip(&["addr", "add", a, "dev", "p0", "nodad"]);
     }
+    static_neighbours(
+        &host,
+        &["2001:db8:1::1"],
+        &peer,
+        &["2001:db8:1::2", "2001:db8:1::3"],
+    );
     for src in ["2001:db8:1::2", "2001:db8:1::3"] {
         assert!(
             peer.ping(&["-6", "-I", src, "2001:db8:1::1"]),
@@ -324,7 +365,12 @@ fn timeouts_expire_and_refresh(env: &[(&str, &str)]) {
     assert!(element(&ns, env, "198.51.100.20").is_some());
     ns.fwagent_ok(
         env,
-        &["ban", "198.51.100.21", "203.0.113.0/28", "--for", "2s"],
+        &["ban", "198.51.100.21", "203.0.113.0/28", "--for", "30s"],
+    );
+    // Still under its first timeout when refreshed, so the refresh is a real update.
+    assert_eq!(
+        element(&ns, env, "198.51.100.21").unwrap()["timeout_ms"],
+        30_000
     );
     ns.fwagent_ok(
         env,
@@ -562,6 +608,12 @@ fn network_bans_drop_inside_and_only_inside() {
     host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "h0", "nodad"]);
     peer.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "p0", "nodad"]);
     peer.ip(&["addr", "add", "2001:db8:1::8002/64", "dev", "p0", "nodad"]);
+    static_neighbours(
+        &host,
+        &["2001:db8:1::1"],
+        &peer,
+        &["2001:db8:1::2", "2001:db8:1::8002"],
+    );
     // Networks holding .2 and 2001:db8:1::2 (but not .77 or ::8002), plus networks
     // elsewhere, so the interval sets have ranges below and above the peer's addresses.
     host.fwagent_ok(
