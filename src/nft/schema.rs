@@ -381,6 +381,40 @@ pub fn merge_ranges(mut v: Vec<Range>) -> Vec<Range> {
     out
 }
 
+/// Parses an address or network as the CLI and config write them: an IPv4 address, an
+/// IPv6 address (banned by prefix), or a CIDR (`/32` and `/128` become single addresses).
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    let t = text.trim();
+    if let Ok(a) = t.parse::<Ipv4Addr>() {
+        return Ok(Target::V4(a));
+    }
+    if let Ok(a) = t.parse::<Ipv6Addr>() {
+        return Ok(match a.to_ipv4_mapped() {
+            Some(v4) => Target::V4(v4),
+            None => Target::V6Prefix(a),
+        });
+    }
+    if let Ok(n) = t.parse::<Ipv4Net>() {
+        if n.prefix_len() == 32 {
+            return Ok(Target::V4(n.addr()));
+        }
+        if n.prefix_len() == 0 {
+            return Err(format!("{t:?}: refusing to ban every IPv4 address"));
+        }
+        return Ok(Target::Net4(n.trunc()));
+    }
+    if let Ok(n) = t.parse::<Ipv6Net>() {
+        if n.prefix_len() == 128 {
+            return Ok(Target::V6Exact(n.addr()));
+        }
+        if n.prefix_len() == 0 {
+            return Err(format!("{t:?}: refusing to ban every IPv6 address"));
+        }
+        return Ok(Target::Net6(n.trunc()));
+    }
+    Err(format!("{t:?} is not an IP address or network"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
