@@ -336,3 +336,41 @@ fn handles_opened_concurrently_probe_independently() {
         "no scratch left"
     );
 }
+
+#[test]
+fn reads_succeed_while_bans_keep_coming() {
+    if !root_or_skip("reads_succeed_while_bans_keep_coming") {
+        return;
+    }
+    let ns = NetNs::new();
+    ns.enter(|| {
+        let s = Schema::default();
+        let mut writer = Nft::open().unwrap();
+        writer.apply(&s, false).unwrap();
+        let bulk: Vec<_> = (0..20_000u32)
+            .map(|i| (Target::V4(Ipv4Addr::from(0xc612_0000 + i)), None))
+            .collect();
+        writer.ban(&s, &bulk).unwrap();
+        let mut reader = writer.reader().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let s2 = s.clone();
+        // Threads spawned here inherit the namespace. Bounded: at most 20,000 bans.
+        let banner = std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && n < 20_000 {
+                let a = Ipv4Addr::from(0xc613_0000 + n);
+                writer.ban(&s2, &[(Target::V4(a), None)]).unwrap();
+                n += 1;
+            }
+            n
+        });
+        for _ in 0..3 {
+            let el = reader.elements(&s).unwrap();
+            assert!(el.len() >= 20_000, "{}", el.len());
+            assert!(!reader.counters(&s).unwrap().is_empty());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(banner.join().unwrap() > 0);
+    });
+}

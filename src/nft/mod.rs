@@ -176,8 +176,11 @@ impl Nft {
         }
     }
 
-    /// Runs a dump, restarting it (up to 5 times) when the kernel flags it interrupted by a
-    /// concurrent change.
+    /// Runs a dump. When the kernel flags it interrupted (the ruleset changed meanwhile) it
+    /// is run again, twice at most; a third interrupted result is returned as it is, since
+    /// under a steady stream of bans a long dump may never see a quiet moment, and a
+    /// slightly stale listing beats none. (Rebuild plans made from reads are protected by
+    /// the generation id instead, see `apply`.)
     fn dump<T>(
         &mut self,
         op: &dyn Fn() -> String,
@@ -185,18 +188,23 @@ impl Nft {
         mut init: impl FnMut() -> T,
         mut each: impl FnMut(&mut T, &Msg<'_>),
     ) -> Result<T, NftError> {
-        for _ in 0..5 {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
             let seq = self.sock.seqs(1);
             let mut b = MsgBuf::new();
             build(&mut b, seq);
             let mut acc = init();
             match self.sock.dump(b.as_bytes(), seq, op, |m| each(&mut acc, m)) {
                 Ok(()) => return Ok(acc),
-                Err(DumpError::Interrupted) => continue,
+                Err(DumpError::Interrupted) if attempt < ATTEMPTS => continue,
+                Err(DumpError::Interrupted) => {
+                    tracing::debug!("{}: ruleset kept changing; returning the last read", op());
+                    return Ok(acc);
+                }
                 Err(DumpError::Failed(e)) => return Err(e),
             }
         }
-        Err(NftError::kernel(op(), libc::EINTR, None))
+        unreachable!("the last attempt returns")
     }
 
     // ---- reading --------------------------------------------------------------------
