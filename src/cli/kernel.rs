@@ -217,10 +217,16 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
     };
     let s = &st.schema;
     let mut nft = open()?;
-    // The ruleset must exist for bans to mean anything. An existing table is left as it is
-    // (reshaping it is `setup`'s job, and the agent may own it).
-    if !nft.table_exists(&s.table)? {
-        nft.apply(s, false)?;
+    // Bans only mean something in the configured ruleset: a banned6 key cut to /48 is
+    // useless if the rule still cuts to /64. So apply first: nothing happens when the table
+    // matches (the usual case, also when the agent owns it), a missing table is created, a
+    // differing one is rebuilt with every ban carried over.
+    match nft.apply(s, false)? {
+        Applied::Rebuilt { carried } => eprintln!(
+            "fwagent: table inet {} differed from the configuration; rebuilt it ({carried}              bans carried over)",
+            s.table
+        ),
+        Applied::Created | Applied::Unchanged => {}
     }
     let bans: Vec<(Target, Option<Duration>)> = targets.iter().map(|t| (*t, Some(dur))).collect();
     let r = nft.ban(s, &bans)?;
