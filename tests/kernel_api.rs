@@ -49,7 +49,8 @@ fn owned_table_resists_flush_and_is_reclaimed() {
         // `nft` drops here: the owner's socket closes; persist keeps the table.
     });
     if !persist {
-        eprintln!("SKIP: kernel without the persist flag");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIP: kernel without the persist flag");
         return;
     }
     // The owner is gone, the table (persist) and its bans stay. (nft 1.0.6 has no name

@@ -14,7 +14,13 @@ pub fn root_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIP: {test} needs root (network namespaces, nf_tables)");
+    // Written to the stderr handle directly: the test harness captures `eprintln!`, and
+    // a skip must be visible in a normal `cargo test` run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP: {test} needs root (network namespaces, nf_tables)"
+    );
     false
 }
 
