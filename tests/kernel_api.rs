@@ -375,3 +375,24 @@ fn reads_succeed_while_bans_keep_coming() {
         assert!(banner.join().unwrap() > 0);
     });
 }
+
+#[test]
+fn a_second_owner_is_refused() {
+    if !root_or_skip("a_second_owner_is_refused") {
+        return;
+    }
+    let ns = NetNs::new();
+    ns.enter(|| {
+        let s = Schema::default();
+        let mut first = Nft::open().unwrap();
+        if !first.features().persist {
+            return;
+        }
+        first.apply(&s, true).unwrap();
+        let mut second = Nft::open().unwrap();
+        let err = second.apply(&s, true).unwrap_err();
+        assert!(err.is_permission(), "{err}");
+        // A non-owning reader/CLI is fine: the table matches, nothing is written.
+        assert_eq!(second.apply(&s, false).unwrap(), Applied::Unchanged);
+    });
+}

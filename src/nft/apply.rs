@@ -49,6 +49,19 @@ impl Nft {
         let rules = self.read_rules(&s.table)?;
         if matches(s, &current, &sets, &chains, &rules) {
             let owned = current.flags & NFT_TABLE_F_OWNER != 0;
+            if flags != 0 && owned && current.owner != self.sock.port_id() {
+                // Owned by a live socket of another process: most likely a second agent.
+                // Two would fight over the bans, so this one must not go on.
+                return Err(NftError::kernel(
+                    format!(
+                        "taking ownership of table inet {} (owned by netlink port {})",
+                        s.table,
+                        current.owner.unwrap_or(0)
+                    ),
+                    libc::EPERM,
+                    None,
+                ));
+            }
             if flags != 0 && !owned {
                 // Re-claim an orphaned persistent table (or claim a CLI-made one).
                 let mut b = self.batch();

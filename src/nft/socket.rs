@@ -83,6 +83,13 @@ impl Socket {
         })
     }
 
+    /// The socket's netlink port id (what the kernel records as a table's owner).
+    pub fn port_id(&self) -> Option<u32> {
+        let mut addr = netlink_sys::SocketAddr::new(0, 0);
+        self.sock.get_address(&mut addr).ok()?;
+        Some(addr.port_number())
+    }
+
     /// Reserves `n` consecutive sequence numbers and returns the first.
     pub fn seqs(&mut self, n: u32) -> u32 {
         let s = self.seq;

@@ -6,6 +6,8 @@ use super::wire::*;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_FLAGS: u16 = 2;
 const NFTA_TABLE_USERDATA: u16 = 6;
+/// Netlink port id of the owning socket (owned tables only).
+const NFTA_TABLE_OWNER: u16 = 7;
 
 /// Table flag (5.12+): only the creating socket may change the table; `nft flush ruleset`
 /// from other processes skips it.
@@ -71,6 +73,7 @@ pub struct TableInfo {
     pub name: String,
     pub flags: u32,
     pub comment: Option<String>,
+    pub owner: Option<u32>,
 }
 
 pub fn parse_table(msg: &Msg<'_>) -> TableInfo {
@@ -80,6 +83,7 @@ pub fn parse_table(msg: &Msg<'_>) -> TableInfo {
             NFTA_TABLE_NAME => t.name = cstr(p).to_string(),
             NFTA_TABLE_FLAGS => t.flags = be_u32(p).unwrap_or(0),
             NFTA_TABLE_USERDATA => t.comment = parse_comment_udata(p),
+            NFTA_TABLE_OWNER => t.owner = be_u32(p),
             _ => {}
         }
     }
