@@ -394,5 +394,21 @@ fn a_second_owner_is_refused() {
         assert!(err.is_permission(), "{err}");
         // A non-owning reader/CLI is fine: the table matches, nothing is written.
         assert_eq!(second.apply(&s, false).unwrap(), Applied::Unchanged);
+        // The owner itself can still reshape its table (rebuild in one batch).
+        first.ban(&s, &[(v4(9), None)]).unwrap();
+        let s48 = Schema {
+            ipv6_prefix: 48,
+            ..s.clone()
+        };
+        assert_eq!(
+            first.apply(&s48, true).unwrap(),
+            Applied::Rebuilt { carried: 1 }
+        );
+        assert!(
+            second
+                .ban(&s48, &[(v4(10), None)])
+                .unwrap_err()
+                .is_permission()
+        );
     });
 }
