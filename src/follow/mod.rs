@@ -50,7 +50,9 @@ pub use watch::{SourceHandle, spawn_file};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SourceId(pub usize);
 
-/// Lines read from one source, in order, and where to resume after them.
+/// Lines read from one source, in order, and where to resume after them. A batch may hold
+/// no line at all: it then only moves the checkpoint (a file was opened or a rotation
+/// finished), and the agent should persist it like any other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub source: SourceId,

@@ -15,6 +15,7 @@
 //!    deleted, replaced, symlink retargeted), keep draining the old fd until the grace period
 //!    has passed, then emit its unterminated tail, close it and open the path at 0.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -31,6 +32,8 @@ use super::{Batch, Checkpoint, FilePosition, FollowOptions, SourceId, SourceStat
 
 /// Read size per syscall.
 const CHUNK: usize = 64 * 1024;
+/// At most this many newer files are held open while an old one is drained.
+const MAX_SUCCESSORS: usize = 8;
 /// At most this many siblings are fingerprinted when looking for a rotated file.
 const MAX_SIBLINGS: usize = 64;
 
@@ -60,6 +63,8 @@ pub struct FileTail {
     cur: Option<OpenFile>,
     next: Next,
     splitter: Splitter,
+    /// Files the path named after `cur`, oldest first, held open until their turn.
+    successors: VecDeque<OpenFile>,
     /// When we first saw the path name another file than `cur` (or nothing).
     rotated_at: Option<Instant>,
     /// `cur` is a rotated copy nobody writes to: switch as soon as it is drained.
@@ -71,6 +76,10 @@ pub struct FileTail {
     errors: Vec<String>,
     last_error: Option<String>,
     warned_long: bool,
+    /// The position moved without a line (a file was opened): report it even with no
+    /// lines, so the agent persists it — otherwise lines written while it is stopped
+    /// would be measured against a stale checkpoint (or none, i.e. "start at the end").
+    moved: bool,
 }
 
 fn ident(m: &Metadata) -> (u64, u64) {
@@ -111,6 +120,7 @@ impl FileTail {
             cur: None,
             next: Next::Start(start),
             splitter,
+            successors: VecDeque::new(),
             rotated_at: None,
             switch_at_eof: false,
             last: None,
@@ -118,6 +128,7 @@ impl FileTail {
             errors: Vec::new(),
             last_error: None,
             warned_long: false,
+            moved: false,
         }
     }
 
@@ -164,7 +175,7 @@ impl FileTail {
                 break;
             }
         }
-        if lines.is_empty() {
+        if lines.is_empty() && !self.moved {
             return None;
         }
         Some(self.finish(lines))
@@ -277,6 +288,7 @@ impl FileTail {
         self.stats.offset.store(offset, Relaxed);
         self.warned_long = false;
         self.last_error = None;
+        self.moved = true;
         self.cur = Some(OpenFile {
             file,
             path,
@@ -309,23 +321,28 @@ impl FileTail {
                 self.set_cur(f, &m, path, 0, false);
             }
             (Next::Zero, Opened::File(f, m)) => {
-                // A file put in place by rename whose first bytes are those of the file we
-                // just finished is the same log rewritten: go on where we were.
-                let mut at = 0;
-                if let Some(last) = self.last
-                    && last.fingerprint.len > 0
-                    && m.len() >= last.offset
-                    && matches!(fingerprint::check(&f, last.fingerprint), Ok(Some(_)))
-                {
-                    info!(source = self.id.0, path = %self.path.display(),
-                        "replacement file continues the previous one; resuming at {}", last.offset);
-                    at = last.offset;
-                }
+                let at = self.continue_offset(&f, &m);
                 let path = self.path.clone();
                 self.set_cur(f, &m, path, at, false);
             }
         }
         self.cur.is_some()
+    }
+
+    /// Where to start in the file that follows the one just finished: 0, unless its first
+    /// bytes are those of the finished file — then it is the same log rewritten and put in
+    /// place by rename, and we go on where we were.
+    fn continue_offset(&self, f: &File, m: &Metadata) -> u64 {
+        if let Some(last) = self.last
+            && last.fingerprint.len > 0
+            && m.len() >= last.offset
+            && matches!(fingerprint::check(f, last.fingerprint), Ok(Some(_)))
+        {
+            info!(source = self.id.0, path = %self.path.display(),
+                "replacement file continues the previous one; resuming at {}", last.offset);
+            return last.offset;
+        }
+        0
     }
 
     /// Resumes from a checkpoint: the same file → at the offset; the file rotated while we
@@ -362,10 +379,16 @@ impl FileTail {
             Opened::File(_, m) => Some(ident(m)),
             _ => None,
         };
-        // The checkpointed file under another name: by identity first, then by content.
+        // The checkpointed file under another name: by identity first, then by content —
+        // never by an empty fingerprint, which every file matches.
         let found = self
             .find_sibling((u64::MAX, u64::MAX), |f, m| ident(m) == want && fits(f, m))
-            .or_else(|| self.find_sibling(want, |f, m| Some(ident(m)) != path_id && fits(f, m)));
+            .or_else(|| {
+                if cp.fingerprint.len == 0 {
+                    return None;
+                }
+                self.find_sibling(want, |f, m| Some(ident(m)) != path_id && fits(f, m))
+            });
         if let Some((sf, sm, spath)) = found {
             info!(source = self.id.0, rotated = %spath.display(),
                 "file was rotated while stopped; finishing the rotated file first");
@@ -528,22 +551,25 @@ impl FileTail {
     /// At EOF: has the path moved on to another file? Returns true when the current file
     /// was closed (its unterminated tail, if any, is pushed to `lines`).
     fn check_rotation(&mut self, now: Instant, lines: &mut Lines) -> bool {
-        let Some(cur) = self.cur.as_ref() else {
+        let Some(cur_id) = self.cur.as_ref().map(|c| c.id) else {
             return false;
         };
         if !self.switch_at_eof {
-            let same = match fs::metadata(&self.path) {
-                Ok(m) => ident(&m) == cur.id,
-                Err(e) if is_absent(&e) => false,
+            let now_at_path = match fs::metadata(&self.path) {
+                Ok(m) => Some(ident(&m)),
+                Err(e) if is_absent(&e) => None,
                 Err(e) => {
                     let p = self.path.clone();
                     self.error("checking", &p, &e);
-                    true
+                    Some(cur_id)
                 }
             };
-            if same {
+            if now_at_path == Some(cur_id) {
                 self.rotated_at = None;
                 return false;
+            }
+            if let Some(id) = now_at_path {
+                self.hold_successor(id);
             }
             let since = *self.rotated_at.get_or_insert(now);
             if now.saturating_duration_since(since) < self.opts.rotate_grace {
@@ -561,11 +587,50 @@ impl FileTail {
         self.rotated_at = None;
         self.switch_at_eof = false;
         self.stats.rotations.fetch_add(1, Relaxed);
+        // Next: the oldest successor we hold, else whatever the path names when we look.
+        if let Some(next) = self.successors.pop_front() {
+            match next.file.metadata() {
+                Ok(m) => {
+                    let at = self.continue_offset(&next.file, &m);
+                    self.set_cur(next.file, &m, next.path, at, false);
+                }
+                Err(e) => self.error("checking", &next.path, &e),
+            }
+        }
         true
+    }
+
+    /// The path names a new file while we still drain the old one: open it now, so that
+    /// if it is rotated away too before our grace period ends, we still hold it and read
+    /// it next (rotations faster than the grace period lose nothing we have seen).
+    fn hold_successor(&mut self, id: (u64, u64)) {
+        if self.successors.iter().any(|s| s.id == id) || self.successors.len() >= MAX_SUCCESSORS {
+            return;
+        }
+        let Ok(file) = File::open(&self.path) else {
+            return;
+        };
+        // The path may have changed again between stat and open: trust the descriptor.
+        let Ok(m) = file.metadata() else { return };
+        let id = ident(&m);
+        if !m.is_file()
+            || self.cur.as_ref().is_some_and(|c| c.id == id)
+            || self.successors.iter().any(|s| s.id == id)
+        {
+            return;
+        }
+        self.successors.push_back(OpenFile {
+            file,
+            path: self.path.clone(),
+            id,
+            offset: 0,
+            fp: Fingerprint::EMPTY,
+        });
     }
 
     /// Wraps the lines with the checkpoint just after the last of them; updates stats.
     fn finish(&mut self, lines: Lines) -> Batch {
+        self.moved = false;
         let cut = self.splitter.take_cut();
         if cut > 0 {
             self.stats.lines_cut.fetch_add(cut, Relaxed);

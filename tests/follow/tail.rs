@@ -309,6 +309,7 @@ fn long_lines_are_cut_flagged_counted() {
     let mut t = tail_at(&p, StartAt::Beginning);
     let now = Instant::now();
     let limit = FollowOptions::default().max_line;
+    assert!(drain(&mut t, now).0.is_empty());
     // A 40 KiB line written in pieces with reads in between, then a line of exactly the
     // limit, then one over it in a single write.
     for _ in 0..8 {
