@@ -24,10 +24,6 @@ impl TempDir {
         TempDir(p)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
