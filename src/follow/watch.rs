@@ -48,6 +48,8 @@ struct Filter {
     /// Full paths of interest (the followed path, its symlink target), as notify reports
     /// them (watched directory joined with the entry name).
     files: Vec<PathBuf>,
+    /// The watched directories themselves (removed or moved: re-place the watch).
+    dirs: Vec<PathBuf>,
     /// During a grace period the old file has some other name: any event counts.
     any: bool,
 }
@@ -55,7 +57,8 @@ struct Filter {
 /// The inotify watches of one source.
 struct DirWatch {
     watcher: Option<RecommendedWatcher>,
-    dirs: Vec<PathBuf>,
+    /// Watched directories with the (dev, inode) they had when the watch was placed.
+    dirs: Vec<(PathBuf, (u64, u64))>,
     filter: Arc<Mutex<Filter>>,
     last_error: Option<String>,
 }
@@ -77,7 +80,11 @@ impl DirWatch {
             }
             let relevant = ev.need_rescan() || {
                 let f = f.lock().unwrap_or_else(|p| p.into_inner());
-                f.any || ev.paths.iter().any(|p| f.files.contains(p))
+                f.any
+                    || ev
+                        .paths
+                        .iter()
+                        .any(|p| f.files.contains(p) || f.dirs.contains(p))
             };
             if relevant {
                 wake.notify_one();
@@ -115,28 +122,33 @@ impl DirWatch {
         {
             let mut f = self.filter.lock().unwrap_or_else(|p| p.into_inner());
             f.files = paths.to_vec();
+            f.dirs = want.clone();
             f.any = any;
         }
         let w = self.watcher.as_mut()?;
         let mut err = None;
-        self.dirs.retain(|d| {
-            if want.contains(d) {
+        // Drop watches we no longer need, and those whose directory was removed or
+        // replaced (the kernel dropped that watch; it must be placed on the new one).
+        self.dirs.retain(|(d, id)| {
+            if want.contains(d) && dir_id(d) == Some(*id) {
                 return true;
             }
             let _ = w.unwatch(d);
             false
         });
         for d in want {
-            if self.dirs.contains(&d) {
+            if self.dirs.iter().any(|(x, _)| *x == d) {
                 continue;
             }
+            let Some(id) = dir_id(&d) else {
+                // A missing directory is retried on the tick; not worth an error event.
+                continue;
+            };
             match w.watch(&d, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     debug!(dir = %d.display(), "watching");
-                    self.dirs.push(d);
+                    self.dirs.push((d, id));
                 }
-                // A missing directory is retried on the tick; not worth an error event.
-                Err(e) if !d.exists() => debug!(dir = %d.display(), "cannot watch yet: {e}"),
                 Err(e) => err = Some(format!("watching {}: {e}", d.display())),
             }
         }
@@ -148,6 +160,14 @@ impl DirWatch {
         }
         err
     }
+}
+
+fn dir_id(d: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(d)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 async fn run(

@@ -286,3 +286,19 @@ async fn live_stop_and_resume_from_checkpoint_across_rotation() {
     assert_lines(&got, &w.expected());
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_log_directory_removed_and_recreated() {
+    let d = TempDir::new("live-dir");
+    let dir = d.join("exim4");
+    std::fs::create_dir(&dir).unwrap();
+    let p = dir.join("mainlog");
+    run_case(p, move |w| {
+        w.write(1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        w.reopen();
+        w.write(1000);
+    })
+    .await;
+}
