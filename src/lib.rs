@@ -9,6 +9,8 @@
 //! - [`nft`]     — the kernel layer: our own nftables table (`inet fwagent`), sets with
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
 //! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
+//! - [`state`]   — the persistent store (redb): active bans, offence history, follower
+//!   checkpoints; crash-safe, a bad file is moved aside, never fatal.
 //! - [`config`]  — the TOML configuration (embedded default, file/line/key errors).
 //! - [`cli`]     — the `fwagent` command line; one file per command group.
 //!
@@ -21,3 +23,4 @@ pub mod detect;
 pub mod duration;
 pub mod follow;
 pub mod nft;
+pub mod state;
