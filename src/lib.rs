@@ -8,6 +8,7 @@
 //!   allow-list and local addresses; turns lines into offenders.
 //! - [`nft`]     — the kernel layer: our own nftables table (`inet fwagent`), sets with
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
+//! - [`agent`]   — `fwagent run`: the loop that joins followers, detector, kernel and store.
 //! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
 //! - [`state`]   — the persistent store (redb): active bans, offence history, follower
 //!   checkpoints; crash-safe, a bad file is moved aside, never fatal.
@@ -16,6 +17,7 @@
 //!
 //! Nothing in this crate spawns a process: the kernel is reached through netlink only.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod check_config;
 mod kernel;
+mod run;
 mod scan;
 
 #[derive(Parser, Debug)]
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: follow logs, detect offenders, ban them in the kernel.
+    Run(run::RunArgs),
     /// Create (or check) fwagent's nftables table, sets and drop rules.
     Setup(kernel::SetupArgs),
     /// Remove fwagent's table and every ban in it (no other table is touched).
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Setup(a) => kernel::setup(a),
         Command::Teardown(a) => kernel::teardown(a),
         Command::Ban(a) => kernel::ban(a),

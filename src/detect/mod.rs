@@ -231,3 +231,31 @@ impl Detector {
         }
     }
 }
+
+/// History plumbing for the agent (persistence, unban, reload).
+impl Detector {
+    /// The ban times of `key`, to persist them after a ban.
+    pub fn history_of(&self, key: Key) -> Option<&[u64]> {
+        self.history.times(key)
+    }
+
+    /// Restores the ban times of `key` read from the store.
+    pub fn restore_history(&mut self, key: Key, times: Vec<u64>) {
+        self.history.restore(key, times);
+    }
+
+    /// Forgets `key`'s offence history (`fwagent unban`).
+    pub fn forget(&mut self, key: Key) {
+        self.history.forget(key);
+    }
+
+    /// Drops history older than the escalation window.
+    pub fn prune_history(&mut self, now: SystemTime) {
+        self.history.prune(now, self.escalation.history);
+    }
+
+    /// Moves the history of a detector this one replaces (config reload).
+    pub fn take_history_from(&mut self, old: &mut Detector) {
+        self.history = std::mem::take(&mut old.history);
+    }
+}

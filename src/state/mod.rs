@@ -714,3 +714,27 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
 }
+
+impl Store {
+    /// Every stored offence history (to load the detector at start-up). Undecodable
+    /// records are logged and skipped.
+    pub fn histories<T: DeserializeOwned>(&self) -> Result<Vec<(IpNet, T)>, StateError> {
+        let op = Op("reading histories from", &self.path);
+        let r = self.db.begin_read().or_state(&op)?;
+        let table = r.open_table(HISTORY).or_state(&op)?;
+        let mut out = Vec::new();
+        for entry in table.iter().or_state(&op)? {
+            let (k, v) = entry.or_state(&op)?;
+            let decoded = codec::decode_target(k.value()).zip(codec::decode_history(v.value()));
+            match decoded
+                .and_then(|(net, (_, json))| Some((net, serde_json::from_slice(json).ok()?)))
+            {
+                Some(pair) => out.push(pair),
+                None => {
+                    tracing::error!(path = %self.path.display(), "undecodable history record skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
