@@ -8,14 +8,16 @@
 //!   allow-list and local addresses; turns lines into offenders.
 //! - [`nft`]     — the kernel layer: our own nftables table (`inet fwagent`), sets with
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
+//! - [`agent`]   — `fwagent run`: the loop that joins followers, detector, kernel and store.
+//! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
 //! - [`state`]   — the persistent store (redb): active bans, offence history, follower
 //!   checkpoints; crash-safe, a bad file is moved aside, never fatal.
-//! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
 //! - [`config`]  — the TOML configuration (embedded default, file/line/key errors).
 //! - [`cli`]     — the `fwagent` command line; one file per command group.
 //!
 //! Nothing in this crate spawns a process: the kernel is reached through netlink only.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;

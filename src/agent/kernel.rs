@@ -10,6 +10,7 @@
 //! 100,000-element read never delays a ban.
 
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -19,31 +20,35 @@ use crate::nft::{Applied, BanReport, Nft, NftError, Schema, Target, UnbanReport}
 /// One ban as the kernel sees it: what, and for how long (`None` = permanent).
 pub type KernelBan = (Target, Option<Duration>);
 
+/// Kernel errors are shared: one failed merged transaction answers several callers.
+pub type KernelError = Arc<NftError>;
+type Reply<T> = oneshot::Sender<Result<T, KernelError>>;
+
 enum Cmd {
-    Ban(Vec<KernelBan>, oneshot::Sender<Result<BanReport, NftError>>),
-    Unban(Vec<Target>, oneshot::Sender<Result<UnbanReport, NftError>>),
-    Apply(Schema, bool, oneshot::Sender<Result<Applied, NftError>>),
-    Teardown(String, oneshot::Sender<Result<bool, NftError>>),
-    Generation(oneshot::Sender<Result<u32, NftError>>),
+    Ban(Vec<KernelBan>, Reply<BanReport>),
+    Unban(Vec<Target>, Reply<UnbanReport>),
+    Apply(Schema, bool, Reply<Applied>),
+    Teardown(String, Reply<bool>),
+    Generation(Reply<u32>),
 }
 
 /// A cloneable handle to the kernel actor.
 #[derive(Clone)]
 pub struct KernelHandle {
     tx: std_mpsc::Sender<Cmd>,
-    schema: std::sync::Arc<std::sync::RwLock<Schema>>,
+    schema: Arc<RwLock<Schema>>,
 }
 
-/// The actor has stopped (its thread panicked or the socket died for good).
-fn gone<T>(_: T) -> NftError {
-    NftError::Gone
+/// The actor has stopped (its thread panicked or every handle is gone).
+fn gone<T>(_: T) -> KernelError {
+    Arc::new(NftError::Invalid("the kernel task has stopped".into()))
 }
 
 impl KernelHandle {
     /// Opens the netlink socket and starts the actor thread.
     pub fn start(nft: Nft, schema: Schema) -> std::io::Result<KernelHandle> {
         let (tx, rx) = std_mpsc::channel();
-        let shared = std::sync::Arc::new(std::sync::RwLock::new(schema));
+        let shared = Arc::new(RwLock::new(schema));
         let schema_for_thread = shared.clone();
         std::thread::Builder::new()
             .name("fwagent-kernel".into())
@@ -56,13 +61,13 @@ impl KernelHandle {
         self.schema.read().expect("schema lock").clone()
     }
 
-    pub async fn ban(&self, bans: Vec<KernelBan>) -> Result<BanReport, NftError> {
+    pub async fn ban(&self, bans: Vec<KernelBan>) -> Result<BanReport, KernelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Ban(bans, tx)).map_err(gone)?;
         rx.await.map_err(gone)?
     }
 
-    pub async fn unban(&self, targets: Vec<Target>) -> Result<UnbanReport, NftError> {
+    pub async fn unban(&self, targets: Vec<Target>) -> Result<UnbanReport, KernelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Unban(targets, tx)).map_err(gone)?;
         rx.await.map_err(gone)?
@@ -70,30 +75,26 @@ impl KernelHandle {
 
     /// Applies `schema` (creating, checking or rebuilding the table) and makes it the schema
     /// later bans use.
-    pub async fn apply(&self, schema: Schema, own: bool) -> Result<Applied, NftError> {
+    pub async fn apply(&self, schema: Schema, own: bool) -> Result<Applied, KernelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Apply(schema, own, tx)).map_err(gone)?;
         rx.await.map_err(gone)?
     }
 
-    pub async fn teardown(&self, table: String) -> Result<bool, NftError> {
+    pub async fn teardown(&self, table: String) -> Result<bool, KernelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Teardown(table, tx)).map_err(gone)?;
         rx.await.map_err(gone)?
     }
 
-    pub async fn generation(&self) -> Result<u32, NftError> {
+    pub async fn generation(&self) -> Result<u32, KernelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Generation(tx)).map_err(gone)?;
         rx.await.map_err(gone)?
     }
 }
 
-fn actor(
-    mut nft: Nft,
-    rx: std_mpsc::Receiver<Cmd>,
-    schema: std::sync::Arc<std::sync::RwLock<Schema>>,
-) {
+fn actor(mut nft: Nft, rx: std_mpsc::Receiver<Cmd>, schema: Arc<RwLock<Schema>>) {
     let mut pending: Option<Cmd> = None;
     loop {
         let cmd = match pending.take() {
@@ -107,11 +108,11 @@ fn actor(
         match cmd {
             Cmd::Ban(mut bans, reply) => {
                 // Merge every ban already queued behind this one into the same transaction.
-                let mut replies = vec![(bans.len(), reply)];
+                let mut replies = vec![reply];
                 loop {
                     match rx.try_recv() {
                         Ok(Cmd::Ban(more, r)) => {
-                            replies.push((more.len(), r));
+                            replies.push(r);
                             bans.extend(more);
                         }
                         Ok(other) => {
@@ -121,26 +122,26 @@ fn actor(
                         Err(_) => break,
                     }
                 }
-                let result = nft.ban(&current, &bans);
-                for (_, reply) in replies {
+                let result = nft.ban(&current, &bans).map_err(Arc::new);
+                for reply in replies {
                     let _ = reply.send(result.clone());
                 }
             }
             Cmd::Unban(targets, reply) => {
-                let _ = reply.send(nft.unban(&current, &targets));
+                let _ = reply.send(nft.unban(&current, &targets).map_err(Arc::new));
             }
             Cmd::Apply(new, own, reply) => {
-                let result = nft.apply(&new, own);
+                let result = nft.apply(&new, own).map_err(Arc::new);
                 if result.is_ok() {
                     *schema.write().expect("schema lock") = new;
                 }
                 let _ = reply.send(result);
             }
             Cmd::Teardown(table, reply) => {
-                let _ = reply.send(nft.teardown(&table));
+                let _ = reply.send(nft.teardown(&table).map_err(Arc::new));
             }
             Cmd::Generation(reply) => {
-                let _ = reply.send(nft.generation());
+                let _ = reply.send(nft.generation().map_err(Arc::new));
             }
         }
     }

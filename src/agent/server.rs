@@ -110,5 +110,7 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
 /// unreadable, fall back to 0 so only root is let in.
 fn effective_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }

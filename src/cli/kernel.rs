@@ -1,6 +1,10 @@
 //! `setup`, `teardown`, `ban`, `unban`, `list`, `status`: the kernel commands. Each loads the
 //! configuration (table, set size, IPv6 prefix, priority, ban time), opens one netlink
-//! handle and prints one result. Exit codes: 0 done, 1 runtime error (or, for `status`, a
+//! handle and prints one result.
+//!
+//! One writer: while an agent runs, `ban`, `unban` and `teardown` are sent to it over its
+//! control socket (so its store and the kernel never drift) and `status` adds its figures;
+//! with no agent they act on the kernel directly, and the agent adopts what it finds. Exit codes: 0 done, 1 runtime error (or, for `status`, a
 //! missing table or rule), 2 usage or configuration error — then nothing was changed.
 
 use std::io::{BufRead, Read, Write};
@@ -11,6 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::agent::manual_target;
+use crate::control::{self, ControlError, Request, Response};
+use crate::detect::{LocalAddrs, NeverBan};
 use crate::duration::{self, Human};
 use crate::nft::{self, Applied, Element, Family, Hook, Nft, Schema, Target};
 
@@ -18,8 +25,12 @@ use crate::nft::{self, Applied, Element, Family, Hook, Nft, Schema, Target};
 #[derive(clap::Args, Debug)]
 pub struct Common {
     /// Configuration file (default: /etc/fwagent/fwagent.toml if it exists).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where a running agent's control socket is (default: the config's state.run_dir,
+    /// /run/fwagent; an agent started with --state-dir DIR listens in DIR).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,6 +59,9 @@ pub struct BanArgs {
     /// Read more targets from FILE, one per line (`#` comments and blank lines ignored).
     #[arg(long, value_name = "FILE")]
     from_file: Option<PathBuf>,
+    /// Ban even a loopback, local or allow-listed address (you may lock yourself out).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,21 +94,25 @@ pub struct StatusArgs {
 struct Settings {
     schema: Schema,
     ban_time: Duration,
+    allow: Vec<ipnet::IpNet>,
+    /// The running agent's control socket, if one listens there.
+    socket: PathBuf,
 }
 
 const USAGE: u8 = 2;
 
 /// Loads settings, or prints the configuration error and yields exit code 2.
 fn settings(c: &Common) -> Result<Settings, ExitCode> {
-    load_settings(c.config.as_deref()).map_err(|e| {
+    load_settings(c.config.as_deref(), c.run_dir.as_deref()).map_err(|e| {
         // ConfigError's message already quotes its cause; print it once.
         eprintln!("fwagent: {e}");
         ExitCode::from(USAGE)
     })
 }
 
-fn load_settings(path: Option<&Path>) -> Result<Settings> {
+fn load_settings(path: Option<&Path>, run_dir: Option<&Path>) -> Result<Settings> {
     let cfg = crate::config::Config::load(path)?;
+    let run_dir = run_dir.unwrap_or(&cfg.state.run_dir);
     let fw = &cfg.firewall;
     Ok(Settings {
         schema: Schema {
@@ -104,7 +122,57 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
             priority: fw.priority,
         },
         ban_time: cfg.ban.time,
+        allow: cfg.ban.allow.clone(),
+        socket: control::socket_path(run_dir),
     })
+}
+
+/// Sends `req` to the running agent; `None` when no agent listens.
+fn ask_agent(st: &Settings, req: &Request) -> Result<Option<Response>> {
+    match control::call(&st.socket, req, Duration::from_secs(60)) {
+        Ok(r) => Ok(Some(r)),
+        Err(ControlError::NoAgent(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints the agent's answer and turns it into an exit code.
+fn agent_answer(r: Response) -> ExitCode {
+    if r.ok {
+        if !r.message.is_empty() {
+            println!("{}", r.message);
+        }
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("fwagent: {}", r.message);
+        ExitCode::from(1)
+    }
+}
+
+/// How a target travels to the agent: an exact IPv6 ban keeps its /128, a prefix ban is sent
+/// as an address (the agent re-applies the never-ban choice of prefix or address).
+fn wire_text(t: &Target) -> String {
+    match t {
+        Target::V6Exact(a) => format!("{a}/128"),
+        other => other.to_string(),
+    }
+}
+
+/// Never-ban policy for a ban made without an agent: allow-list, special ranges and the
+/// addresses of this host's interfaces, read once over rtnetlink.
+fn never_ban(st: &Settings) -> Result<NeverBan> {
+    let local = LocalAddrs::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to read local addresses")?;
+    rt.block_on(local.watch())
+        .context("reading this host's addresses (to refuse banning them)")?;
+    Ok(NeverBan::new(
+        st.allow.clone(),
+        local,
+        st.schema.ipv6_prefix,
+    ))
 }
 
 fn open() -> Result<Nft> {
@@ -135,6 +203,9 @@ pub fn teardown(a: TeardownArgs) -> Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if let Some(r) = ask_agent(&st, &Request::Teardown)? {
+        return Ok(agent_answer(r));
+    }
     let mut nft = open()?;
     if nft.teardown(&st.schema.table)? {
         println!("removed table inet {}", st.schema.table);
@@ -215,6 +286,25 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(USAGE));
         }
     };
+    let never = never_ban(&st)?;
+    let mut targets = targets;
+    for t in &mut targets {
+        match manual_target(&never, *t, a.force) {
+            Ok(x) => *t = x,
+            Err(e) => {
+                eprintln!("fwagent: {e}; nothing was banned");
+                return Ok(ExitCode::from(USAGE));
+            }
+        }
+    }
+    let req = Request::Ban {
+        targets: targets.iter().map(wire_text).collect(),
+        seconds: Some(dur.as_secs()),
+        force: a.force,
+    };
+    if let Some(r) = ask_agent(&st, &req)? {
+        return Ok(agent_answer(r));
+    }
     let s = &st.schema;
     let mut nft = open()?;
     // Bans only mean something in the configured ruleset: a banned6 key cut to /48 is
@@ -259,6 +349,12 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(USAGE));
         }
     };
+    let req = Request::Unban {
+        targets: targets.iter().map(wire_text).collect(),
+    };
+    if let Some(r) = ask_agent(&st, &req)? {
+        return Ok(agent_answer(r));
+    }
     let mut nft = open()?;
     let r = nft.unban(&st.schema, &targets)?;
     println!("unbanned {}; {} not banned", r.removed, r.absent);
@@ -373,6 +469,8 @@ struct JsonStatus {
     /// The 10 entries that dropped the most packets.
     top: Vec<JsonElement>,
     kernel: nft::Features,
+    /// The running agent's own figures; null when no agent runs (kernel figures only).
+    agent: Option<serde_json::Value>,
 }
 
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
@@ -391,6 +489,10 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
         rules: Vec::new(),
         top: Vec::new(),
         kernel: *nft.features(),
+        agent: match ask_agent(&st, &Request::Status)? {
+            Some(r) if r.ok => Some(r.data),
+            _ => None,
+        },
     };
     match nft.counters(s) {
         Ok(counters) => {
@@ -499,6 +601,53 @@ fn print_status(out: &mut impl Write, st: &JsonStatus) -> Result<()> {
                 e.target, e.packets, e.bytes
             )?;
         }
+    }
+    print_agent(out, st.agent.as_ref())
+}
+
+/// The agent's part of the text status, or a plain statement that none runs.
+fn print_agent(out: &mut impl Write, agent: Option<&serde_json::Value>) -> Result<()> {
+    let Some(a) = agent else {
+        writeln!(
+            out,
+            "agent: not running (figures above are the kernel's only)"
+        )?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "agent: running, pid {}, up {}, {} active bans, {} re-installs, {} kernel errors",
+        a["pid"],
+        Human(Duration::from_secs(a["uptime_secs"].as_u64().unwrap_or(0))),
+        a["active_bans"],
+        a["reinstalls"],
+        a["kernel_errors"]
+    )?;
+    for r in a["rules"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  rule {:<16} {:>8} hits {:>6} bans since start",
+            r["name"].as_str().unwrap_or("?"),
+            r["hits"],
+            r["bans"]
+        )?;
+    }
+    for f in a["sources"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  following {} ({} lines read, at byte {})",
+            f["path"].as_str().unwrap_or("?"),
+            f["lines"],
+            f["offset"]
+        )?;
+    }
+    if let Some(b) = a["last_ban"].as_object() {
+        writeln!(
+            out,
+            "  last ban: {} by {}",
+            b["target"].as_str().unwrap_or("?"),
+            b["rule"].as_str().unwrap_or("?")
+        )?;
     }
     Ok(())
 }

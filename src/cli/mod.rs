@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod check_config;
 mod kernel;
+mod run;
 mod scan;
 
 #[derive(Parser, Debug)]
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: follow logs, detect offenders, ban them in the kernel.
+    Run(run::RunArgs),
     /// Create (or check) fwagent's nftables table, sets and drop rules.
     Setup(kernel::SetupArgs),
     /// Remove fwagent's table and every ban in it (no other table is touched).
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Setup(a) => kernel::setup(a),
         Command::Teardown(a) => kernel::teardown(a),
         Command::Ban(a) => kernel::ban(a),
@@ -72,13 +76,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr. Under systemd (JOURNAL_STREAM set) journald adds time and unit, so
+/// lines carry neither timestamps nor colours; elsewhere colours only on a terminal.
+/// `FWAGENT_LOG` takes a filter such as `debug` or `fwagent::agent=debug`.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FWAGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

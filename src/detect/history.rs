@@ -135,6 +135,24 @@ impl History {
     }
 }
 
+impl History {
+    /// The ban times of `key` (ms since the epoch, oldest first), to persist them.
+    pub fn times(&self, key: Key) -> Option<&[u64]> {
+        self.bans.get(&key).map(Vec::as_slice)
+    }
+
+    /// Restores the ban times of `key` from disk.
+    pub fn restore(&mut self, key: Key, mut times: Vec<u64>) {
+        times.sort_unstable();
+        if times.len() > 64 {
+            times.drain(..times.len() - 64);
+        }
+        if !times.is_empty() {
+            self.bans.insert(key, times);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

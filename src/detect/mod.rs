@@ -283,3 +283,16 @@ impl Detector {
         }
     }
 }
+
+/// History plumbing for the agent (persistence, unban, reload).
+impl Detector {
+    /// The ban times of `key`, to persist them after a ban.
+    pub fn history_of(&self, key: Key) -> Option<&[u64]> {
+        self.history.times(key)
+    }
+
+    /// Restores the ban times of `key` read from the store.
+    pub fn restore_history(&mut self, key: Key, times: Vec<u64>) {
+        self.history.restore(key, times);
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::addr::{Key, v6_prefix};
 use super::local::LocalAddrs;
@@ -102,6 +102,34 @@ impl NeverBan {
                 .iter()
                 .any(|a| a.contains(&wide) || wide.contains(a))
             || self.local.any_in(&wide)
+    }
+}
+
+impl NeverBan {
+    /// True when banning `net` (an address, an IPv6 prefix or a manual network ban) would
+    /// also cover an address we must never ban. Used for manual bans and when a reload
+    /// allow-lists part of an existing ban.
+    pub fn covers_protected(&self, net: IpNet) -> bool {
+        match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.is_protected(IpAddr::V4(n.addr())),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.is_protected(IpAddr::V6(n.addr())),
+            IpNet::V6(n) => self.prefix_holds_protected(n.trunc()),
+            IpNet::V4(n) => {
+                let special_v4: [Ipv4Net; 5] = [
+                    "0.0.0.0/8".parse().expect("static network"),
+                    "127.0.0.0/8".parse().expect("static network"),
+                    "169.254.0.0/16".parse().expect("static network"),
+                    "224.0.0.0/3".parse().expect("static network"),
+                    "255.255.255.255/32".parse().expect("static network"),
+                ];
+                special_v4.iter().any(|s| s.contains(&n) || n.contains(s))
+                    || self
+                        .allow
+                        .iter()
+                        .any(|a| a.contains(&net) || net.contains(a))
+                    || self.local.any_in(&net)
+            }
+        }
     }
 }
 
