@@ -251,8 +251,17 @@ fn ipv6_prefix_ban_covers_the_whole_64() {
             "{src} before"
         );
     }
-    // One address banned → one element for its /64 → both addresses dropped.
-    host.fwagent_ok(&[], &["ban", "2001:db8:1::2"]);
+    // The /64 also holds the host's own 2001:db8:1::1: without --force a ban of a peer
+    // address narrows to that address alone, so the host never drops its own prefix.
+    let out = host.fwagent_ok(&[], &["ban", "2001:db8:1::3"]);
+    assert!(out.contains("2001:db8:1::3/128"), "{out}");
+    let st = json(&host, &[], &["status", "--json"]);
+    assert_eq!((set_count(&st, "banned6"), set_count(&st, "banned6x")), (0, 1));
+    assert!(!peer.ping(&["-6", "-I", "2001:db8:1::3", "2001:db8:1::1"]));
+    assert!(peer.ping(&["-6", "-I", "2001:db8:1::2", "2001:db8:1::1"]));
+    host.fwagent_ok(&[], &["unban", "2001:db8:1::3/128"]);
+    // Forced: one address banned → one element for its /64 → both addresses dropped.
+    host.fwagent_ok(&[], &["ban", "--force", "2001:db8:1::2"]);
     let st = json(&host, &[], &["status", "--json"]);
     assert_eq!(set_count(&st, "banned6"), 1);
     for src in ["2001:db8:1::2", "2001:db8:1::3"] {
@@ -616,10 +625,23 @@ fn network_bans_drop_inside_and_only_inside() {
     );
     // Networks holding .2 and 2001:db8:1::2 (but not .77 or ::8002), plus networks
     // elsewhere, so the interval sets have ranges below and above the peer's addresses.
+    // Two of them hold the host's own addresses: refused without --force, nothing banned.
+    let out = host.fwagent(&["ban", "198.51.100.0/28", "203.0.113.0/24"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("198.51.100.0/28 is a loopback, local"),
+        "{out:?}"
+    );
+    let ruleset = host.output("nft", &["list", "ruleset"]);
+    assert!(
+        !String::from_utf8_lossy(&ruleset.stdout).contains("203.0.113.0/24"),
+        "nothing may be banned after a refusal"
+    );
     host.fwagent_ok(
         &[],
         &[
             "ban",
+            "--force",
             "198.51.100.0/28",
             "198.51.100.128/25",
             "203.0.113.0/24",

@@ -143,23 +143,25 @@ pub fn target_net(t: Target, prefix: u8) -> IpNet {
 /// `force`. An IPv6 address is banned by its prefix, or alone when its prefix holds an address
 /// we must never ban (the same choice the detector makes). Shared by the agent and the CLI.
 pub fn manual_target(never: &NeverBan, t: Target, force: bool) -> Result<Target, String> {
+    // Forced: exactly what was asked, even if it covers our own addresses.
+    if force {
+        return Ok(t);
+    }
     let refuse = |what: String| {
         Err(format!(
             "{what} is a loopback, local or allow-listed address (or holds one): refusing to ban it (--force overrides)"
         ))
     };
     match t {
-        Target::V4(a) if !force && never.is_protected(IpAddr::V4(a)) => refuse(a.to_string()),
-        Target::V6Exact(a) if !force && never.is_protected(IpAddr::V6(a)) => refuse(a.to_string()),
+        Target::V4(a) if never.is_protected(IpAddr::V4(a)) => refuse(a.to_string()),
+        Target::V6Exact(a) if never.is_protected(IpAddr::V6(a)) => refuse(a.to_string()),
         Target::V6Prefix(a) => match never.key_for(IpAddr::V6(a)) {
             Some(Key::V6Exact(x)) => Ok(Target::V6Exact(x)),
             Some(_) => Ok(Target::V6Prefix(a)),
-            // Forced: only the address itself, never the prefix around a protected address.
-            None if force => Ok(Target::V6Exact(a)),
             None => refuse(a.to_string()),
         },
-        Target::Net4(n) if !force && never.covers_protected(IpNet::V4(n)) => refuse(n.to_string()),
-        Target::Net6(n) if !force && never.covers_protected(IpNet::V6(n)) => refuse(n.to_string()),
+        Target::Net4(n) if never.covers_protected(IpNet::V4(n)) => refuse(n.to_string()),
+        Target::Net6(n) if never.covers_protected(IpNet::V6(n)) => refuse(n.to_string()),
         t => Ok(t),
     }
 }
