@@ -13,7 +13,14 @@
 //!    read from a file truncated under us are taken back and re-read from the copy;
 //! 4. at EOF only: does the path still name the open file (dev, inode)? If not (renamed,
 //!    deleted, replaced, symlink retargeted), keep draining the old fd until the grace period
-//!    has passed, then emit its unterminated tail, close it and open the path at 0.
+//!    has passed, then emit its unterminated tail, close it and go on with the next file at
+//!    0. The file the path names meanwhile is opened at once and held ("successor"), so a
+//!    second rotation within the grace period cannot take it out of reach. A next file whose
+//!    first bytes are the finished file's is that file rewritten: go on at the old offset.
+//!
+//! Files are known by (dev, inode) *and* by a fingerprint of their first bytes: identity
+//! says which file we hold, the fingerprint says whether its content is still what we read
+//! (truncation, inode reuse) and finds a rotated file among its siblings (`name.1`, …).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, Metadata};

@@ -61,6 +61,8 @@ struct DirWatch {
     dirs: Vec<(PathBuf, (u64, u64))>,
     filter: Arc<Mutex<Filter>>,
     last_error: Option<String>,
+    /// A watch was placed by the last `sync`.
+    placed: bool,
 }
 
 impl DirWatch {
@@ -97,6 +99,7 @@ impl DirWatch {
                     dirs: Vec::new(),
                     filter,
                     last_error: None,
+                    placed: false,
                 },
                 None,
             ),
@@ -106,6 +109,7 @@ impl DirWatch {
                     dirs: Vec::new(),
                     filter,
                     last_error: None,
+                    placed: false,
                 },
                 Some(format!("starting inotify (falling back to the tick): {e}")),
             ),
@@ -148,6 +152,7 @@ impl DirWatch {
                 Ok(()) => {
                     debug!(dir = %d.display(), "watching");
                     self.dirs.push((d, id));
+                    self.placed = true;
                 }
                 Err(e) => err = Some(format!("watching {}: {e}", d.display())),
             }
@@ -182,7 +187,6 @@ async fn run(
     tokio::pin!(shutdown);
     let mut errors: Vec<String> = err.into_iter().collect();
     loop {
-        errors.extend(watch.sync(&tail.watch_paths(), tail.in_grace()));
         // Drain everything readable now, one batch at a time.
         loop {
             let batch = tail.next_batch(Instant::now());
@@ -201,6 +205,13 @@ async fn run(
                 _ = &mut shutdown => return,
                 r = tx.send(Event::Batch(batch)) => if r.is_err() { return },
             }
+        }
+        // Watches follow where the path resolves now. Done after the reads (off the
+        // latency path); a newly placed watch means a change may have slipped in between
+        // the last read and the watch, so read once more before sleeping.
+        errors.extend(watch.sync(&tail.watch_paths(), tail.in_grace()));
+        if std::mem::take(&mut watch.placed) || !errors.is_empty() {
+            continue;
         }
         // Sleep until something may have changed.
         let now = Instant::now();
