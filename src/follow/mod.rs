@@ -17,7 +17,7 @@
 //! Each source publishes counters in a shared [`SourceStats`] (atomics, cheap to read).
 //!
 //! # Files
-//! - [`tail::FileTail`] holds the rotation logic for one path, synchronously, with the clock
+//! - [`FileTail`] holds the rotation logic for one path, synchronously, with the clock
 //!   as a parameter (tests drive it step by step).
 //! - [`spawn_file`] drives it: inotify (via `notify`) on the *directory* of the path (and of
 //!   a symlink's target) wakes the task; a slow tick (default 1 s) is the safety net.

@@ -1,9 +1,14 @@
 //! The async driver of a file source: inotify wake-ups (through `notify`) on the watched
 //! directories, a slow tick, the grace-period deadline, shutdown — and the bounded channel.
 //!
-//! Loop order: (re)sync the directory watches with where the path now resolves; drain the
-//! `FileTail` batch by batch into the channel (waiting for room: backpressure); sleep until
-//! a relevant inotify event, the tick, or the end of a grace period.
+//! Loop order: drain the `FileTail` batch by batch into the channel (waiting for room:
+//! backpressure); then (re)sync the directory watches with where the path now resolves
+//! (re-reading once if a watch was just placed); sleep until a relevant inotify event, the
+//! tick, or the end of a grace period.
+//!
+//! One `notify` watcher (one inotify instance and its thread) per source: simple and
+//! isolated; the default limit of 128 inotify instances per user bounds the number of
+//! files one agent can follow.
 
 use std::future::Future;
 use std::path::PathBuf;
