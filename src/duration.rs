@@ -68,6 +68,22 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_secs(total))
 }
 
+/// Formats a duration exactly, in the same syntax [`parse`] reads (`1d2h3m4s`, `permanent`).
+pub fn exact(d: Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "permanent".into();
+    }
+    let mut out = String::new();
+    for (unit, name) in [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")] {
+        if s >= unit {
+            out.push_str(&format!("{}{}", s / unit, name));
+            s %= unit;
+        }
+    }
+    out
+}
+
 /// Formats a duration compactly (`1d2h`, `45s`, `permanent` for zero).
 pub struct Human(pub Duration);
 
@@ -131,6 +147,15 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn exact_round_trips() {
+        for secs in [1, 59, 61, 3600, 86_400, 93_784, 30 * 86_400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse(&exact(d)).unwrap(), d, "{}", exact(d));
+        }
+        assert_eq!(exact(Duration::from_secs(93_784)), "1d2h3m4s");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //!   allow-list and local addresses; turns lines into offenders.
 //! - [`nft`]     — the kernel layer: our own nftables table (`inet fwagent`), sets with
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
+//! - [`state`]   — the persistent store (redb): active bans, offence history, follower
+//!   checkpoints; crash-safe, a bad file is moved aside, never fatal.
+//! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
 //! - [`config`]  — the TOML configuration (embedded default, file/line/key errors).
 //! - [`cli`]     — the `fwagent` command line; one file per command group.
 //!
@@ -15,7 +18,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod duration;
 pub mod follow;
 pub mod nft;
+pub mod state;

@@ -1,36 +1,504 @@
-//! `setup`, `teardown`, `ban`, `unban`, `list`, `status`: the kernel commands.
+//! `setup`, `teardown`, `ban`, `unban`, `list`, `status`: the kernel commands. Each loads the
+//! configuration (table, set size, IPv6 prefix, priority, ban time), opens one netlink
+//! handle and prints one result. Exit codes: 0 done, 1 runtime error (or, for `status`, a
+//! missing table or rule), 2 usage or configuration error — then nothing was changed.
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::duration::{self, Human};
+use crate::nft::{self, Applied, Element, Family, Hook, Nft, Schema, Target};
+
+/// Options shared by every kernel command.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Configuration file (default: /etc/fwagent/fwagent.toml if it exists).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct SetupArgs {}
-#[derive(clap::Args, Debug)]
-pub struct TeardownArgs {}
-#[derive(clap::Args, Debug)]
-pub struct BanArgs {}
-#[derive(clap::Args, Debug)]
-pub struct UnbanArgs {}
-#[derive(clap::Args, Debug)]
-pub struct ListArgs {}
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {}
+pub struct SetupArgs {
+    #[command(flatten)]
+    common: Common,
+}
 
-pub fn setup(_: SetupArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+#[derive(clap::Args, Debug)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    common: Common,
 }
-pub fn teardown(_: TeardownArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+#[derive(clap::Args, Debug)]
+pub struct BanArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Addresses or networks (IPv6 addresses are banned by the configured prefix;
+    /// write ADDR/128 for one exact IPv6 address).
+    #[arg(value_name = "ADDR|CIDR")]
+    targets: Vec<String>,
+    /// Ban duration (`90s`, `30m`, `24h`, `7d`, `permanent`); default: the configured ban time.
+    #[arg(long = "for", value_name = "DURATION")]
+    duration: Option<String>,
+    /// Read more targets from FILE, one per line (`#` comments and blank lines ignored).
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
 }
-pub fn ban(_: BanArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+#[derive(clap::Args, Debug)]
+pub struct UnbanArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(value_name = "ADDR|CIDR", required = true)]
+    targets: Vec<String>,
 }
-pub fn unban(_: UnbanArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
-pub fn list(_: ListArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
-pub fn status(_: StatusArgs) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+/// What the kernel commands take from the configuration.
+struct Settings {
+    schema: Schema,
+    ban_time: Duration,
+}
+
+const USAGE: u8 = 2;
+
+/// Loads settings, or prints the configuration error and yields exit code 2.
+fn settings(c: &Common) -> Result<Settings, ExitCode> {
+    load_settings(c.config.as_deref()).map_err(|e| {
+        // ConfigError's message already quotes its cause; print it once.
+        eprintln!("fwagent: {e}");
+        ExitCode::from(USAGE)
+    })
+}
+
+fn load_settings(path: Option<&Path>) -> Result<Settings> {
+    let cfg = crate::config::Config::load(path)?;
+    let fw = &cfg.firewall;
+    Ok(Settings {
+        schema: Schema {
+            table: fw.table.clone(),
+            set_size: fw.set_size,
+            ipv6_prefix: fw.ipv6_prefix,
+            priority: fw.priority,
+        },
+        ban_time: cfg.ban.time,
+    })
+}
+
+fn open() -> Result<Nft> {
+    Nft::open().context("opening the kernel's nftables interface")
+}
+
+pub fn setup(a: SetupArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let s = &st.schema;
+    let mut nft = open()?;
+    let how = nft.apply(s, false)?;
+    match how {
+        Applied::Created => println!("created table inet {}", s.table),
+        Applied::Unchanged => println!("table inet {} is up to date", s.table),
+        Applied::Rebuilt { carried } => println!(
+            "rebuilt table inet {} to match the configuration ({carried} bans carried over)",
+            s.table
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn teardown(a: TeardownArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let mut nft = open()?;
+    if nft.teardown(&st.schema.table)? {
+        println!("removed table inet {}", st.schema.table);
+    } else {
+        println!("table inet {} did not exist", st.schema.table);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses one target; an IPv6 network of exactly the configured prefix length is the same
+/// ban as any address in it (`banned6`), so `list` output can be pasted back.
+fn parse_one(text: &str, prefix: u8) -> Result<Target, String> {
+    Ok(match nft::parse_target(text)? {
+        Target::Net6(n) if n.prefix_len() == prefix => Target::V6Prefix(n.network()),
+        t => t,
+    })
+}
+
+/// Parses every target first; one bad entry names itself and nothing is changed.
+fn parse_targets(texts: &[String], file: Option<&Path>, prefix: u8) -> Result<Vec<Target>, String> {
+    let mut out = Vec::with_capacity(texts.len());
+    for t in texts {
+        out.push(parse_one(t, prefix)?);
+    }
+    if let Some(path) = file {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut line = Vec::new();
+        let mut n = 0;
+        loop {
+            line.clear();
+            // Bytes, not String: invalid UTF-8 is reported with its line, never a panic.
+            // Lines are capped so a file without newlines cannot exhaust memory.
+            let got = (&mut reader)
+                .take(4096)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if got == 0 {
+                break;
+            }
+            n += 1;
+            if line.len() >= 4096 && !line.ends_with(b"\n") {
+                return Err(format!("{}:{n}: line too long", path.display()));
+            }
+            let text = std::str::from_utf8(&line)
+                .map_err(|_| format!("{}:{n}: not valid UTF-8", path.display()))?;
+            let text = text.split('#').next().unwrap_or("").trim();
+            if text.is_empty() {
+                continue;
+            }
+            out.push(parse_one(text, prefix).map_err(|e| format!("{}:{n}: {e}", path.display()))?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn ban(a: BanArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let dur = match a.duration.as_deref().map(duration::parse) {
+        None => st.ban_time,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            eprintln!("fwagent: {e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let targets = match parse_targets(&a.targets, a.from_file.as_deref(), st.schema.ipv6_prefix) {
+        Ok(t) if t.is_empty() => {
+            eprintln!("fwagent: nothing to ban (give addresses or --from-file)");
+            return Ok(ExitCode::from(USAGE));
+        }
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fwagent: {e}; nothing was banned");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let s = &st.schema;
+    let mut nft = open()?;
+    // Bans only mean something in the configured ruleset: a banned6 key cut to /48 is
+    // useless if the rule still cuts to /64. So apply first: nothing happens when the table
+    // matches (the usual case, also when the agent owns it), a missing table is created, a
+    // differing one is rebuilt with every ban carried over.
+    match nft.apply(s, false)? {
+        Applied::Rebuilt { carried } => eprintln!(
+            "fwagent: table inet {} differed from the configuration; rebuilt it ({carried}              bans carried over)",
+            s.table
+        ),
+        Applied::Created | Applied::Unchanged => {}
+    }
+    let bans: Vec<(Target, Option<Duration>)> = targets.iter().map(|t| (*t, Some(dur))).collect();
+    let r = nft.ban(s, &bans)?;
+    let what = if targets.len() == 1 {
+        show(&targets[0], s)
+    } else {
+        format!("{} targets", r.applied)
+    };
+    let how = if dur.is_zero() {
+        "permanently".to_string()
+    } else {
+        format!("for {}", Human(dur))
+    };
+    println!("banned {what} {how}");
+    if r.covered > 0 {
+        println!("{} networks already covered by wider bans", r.covered);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let targets = match parse_targets(&a.targets, None, st.schema.ipv6_prefix) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fwagent: {e}; nothing was unbanned");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let mut nft = open()?;
+    let r = nft.unban(&st.schema, &targets)?;
+    println!("unbanned {}; {} not banned", r.removed, r.absent);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A target as users write it, so that a listed entry can be pasted into `unban`: IPv6
+/// prefix bans with their length, exact IPv6 bans as /128.
+fn show(t: &Target, s: &Schema) -> String {
+    match t.normalize(s.ipv6_prefix) {
+        Target::V6Prefix(a) => format!("{a}/{}", s.ipv6_prefix),
+        Target::V6Exact(a) => format!("{a}/128"),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonElement {
+    target: String,
+    set: String,
+    /// Ban length in ms; null = permanent.
+    timeout_ms: Option<u64>,
+    /// Time left in ms; null = permanent.
+    expires_ms: Option<u64>,
+    packets: u64,
+    bytes: u64,
+}
+
+fn json_element(e: &Element, s: &Schema) -> JsonElement {
+    JsonElement {
+        target: show(&e.target, s),
+        set: e.set.clone(),
+        timeout_ms: e.timeout.map(|d| d.as_millis() as u64),
+        expires_ms: e.expires.map(|d| d.as_millis() as u64),
+        packets: e.packets,
+        bytes: e.bytes,
+    }
+}
+
+pub fn list(a: ListArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let s = &st.schema;
+    let mut nft = open()?;
+    let elems = nft.elements(s)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v: Vec<JsonElement> = elems.iter().map(|e| json_element(e, s)).collect();
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<42} {:<9} {:>10} {:>10} {:>12}",
+        "TARGET", "SET", "EXPIRES", "PACKETS", "BYTES"
+    )?;
+    for e in &elems {
+        let expires = match e.expires {
+            None => "permanent".to_string(),
+            Some(d) => Human(Duration::from_secs(d.as_secs().max(1))).to_string(),
+        };
+        writeln!(
+            out,
+            "{:<42} {:<9} {:>10} {:>10} {:>12}",
+            show(&e.target, s),
+            e.set,
+            expires,
+            e.packets,
+            e.bytes
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct JsonDrop {
+    hook: Hook,
+    family: Family,
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct JsonRule {
+    hook: Hook,
+    family: Family,
+    set: String,
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct JsonSet {
+    set: String,
+    size: Option<u32>,
+    count: u32,
+}
+
+#[derive(Serialize)]
+struct JsonStatus {
+    table: String,
+    present: bool,
+    /// Rules the configuration expects but the kernel lacks (`hook:set`).
+    missing_rules: Vec<String>,
+    sets: Vec<JsonSet>,
+    /// Dropped packets and bytes per hook and family (sum over the sets).
+    drops: Vec<JsonDrop>,
+    rules: Vec<JsonRule>,
+    /// The 10 entries that dropped the most packets.
+    top: Vec<JsonElement>,
+    kernel: nft::Features,
+}
+
+pub fn status(a: StatusArgs) -> Result<ExitCode> {
+    let st = match settings(&a.common) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let s = &st.schema;
+    let mut nft = open()?;
+    let mut status = JsonStatus {
+        table: s.table.clone(),
+        present: false,
+        missing_rules: Vec::new(),
+        sets: Vec::new(),
+        drops: Vec::new(),
+        rules: Vec::new(),
+        top: Vec::new(),
+        kernel: *nft.features(),
+    };
+    match nft.counters(s) {
+        Ok(counters) => {
+            status.present = true;
+            for h in Hook::ALL {
+                for r in s.rules() {
+                    if !counters.iter().any(|c| c.hook == h && c.set == r.set) {
+                        status.missing_rules.push(format!("{h}:{}", r.set));
+                    }
+                }
+                for fam in [Family::V4, Family::V6] {
+                    let (p, b) = counters
+                        .iter()
+                        .filter(|c| c.hook == h && c.family == fam)
+                        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                    status.drops.push(JsonDrop {
+                        hook: h,
+                        family: fam,
+                        packets: p,
+                        bytes: b,
+                    });
+                }
+            }
+            status.rules = counters
+                .into_iter()
+                .map(|c| JsonRule {
+                    hook: c.hook,
+                    family: c.family,
+                    set: c.set,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect();
+            status.sets = nft
+                .set_sizes(s)?
+                .into_iter()
+                .map(|x| JsonSet {
+                    set: x.set,
+                    size: x.size,
+                    count: x.count,
+                })
+                .collect();
+            // Dumps run on their own socket, as the agent will do.
+            let mut elems = nft.reader()?.elements(s)?;
+            elems.sort_by(|x, y| y.packets.cmp(&x.packets).then(y.bytes.cmp(&x.bytes)));
+            status.top = elems
+                .iter()
+                .filter(|e| e.packets > 0)
+                .take(10)
+                .map(|e| json_element(e, s))
+                .collect();
+        }
+        Err(e) if e.errno() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let healthy = status.present && status.missing_rules.is_empty();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &status)?;
+        writeln!(out)?;
+    } else {
+        print_status(&mut out, &status)?;
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_status(out: &mut impl Write, st: &JsonStatus) -> Result<()> {
+    if !st.present {
+        writeln!(
+            out,
+            "table inet {}: MISSING (run `fwagent setup`)",
+            st.table
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "table inet {}", st.table)?;
+    for r in &st.missing_rules {
+        writeln!(out, "  MISSING rule {r}")?;
+    }
+    writeln!(out, "sets:")?;
+    for x in &st.sets {
+        let size = x.size.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        writeln!(out, "  {:<9} {:>9} of {size}", x.set, x.count)?;
+    }
+    writeln!(out, "dropped:")?;
+    for d in &st.drops {
+        writeln!(
+            out,
+            "  {:<8} {:<4} {:>12} packets {:>14} bytes",
+            d.hook.to_string(),
+            d.family.to_string(),
+            d.packets,
+            d.bytes
+        )?;
+    }
+    if !st.top.is_empty() {
+        writeln!(out, "top offenders by dropped packets:")?;
+        for e in &st.top {
+            writeln!(
+                out,
+                "  {:<42} {:>10} packets {:>12} bytes",
+                e.target, e.packets, e.bytes
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check_config;
 mod kernel;
 mod scan;
 
@@ -36,6 +37,8 @@ enum Command {
     Status(kernel::StatusArgs),
     /// Run the detector over log files without touching the kernel.
     Scan(scan::ScanArgs),
+    /// Validate the configuration and print the effective values.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// Entry point of the binary.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::List(a) => kernel::list(a),
         Command::Status(a) => kernel::status(a),
         Command::Scan(a) => scan::scan(a),
+        Command::CheckConfig(a) => check_config::check_config(a),
     };
     match result {
         Ok(code) => code,
@@ -58,7 +62,12 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("fwagent: {err:#}");
-            ExitCode::from(1)
+            // Configuration mistakes are usage errors (2), like clap's own.
+            if err.chain().any(|c| c.is::<crate::config::ConfigError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
