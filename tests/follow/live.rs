@@ -302,3 +302,32 @@ async fn live_log_directory_removed_and_recreated() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_error_is_reported_once_then_the_file_is_followed() {
+    let d = TempDir::new("live-err");
+    let p = d.join("mainlog");
+    std::fs::create_dir(&p).unwrap(); // not a regular file
+    let mut r = start(&p, StartAt::Beginning, live_opts(), 64);
+    let ev = tokio::time::timeout(TIMEOUT, r.rx.recv())
+        .await
+        .expect("an error event")
+        .unwrap();
+    match ev {
+        Event::Error { source, error } => {
+            assert_eq!(source, SourceId(3));
+            assert!(error.contains("not a regular file"), "{error}");
+            assert!(error.contains("mainlog"), "names the path: {error}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    std::fs::remove_dir(&p).unwrap();
+    let mut w = Writer::open(&p);
+    w.write(10);
+    w.raw(format!("{END}\n").as_bytes());
+    // The next events are batches only: the error was not repeated on every tick.
+    let (got, _) = collect_until(&mut r.rx, END, TIMEOUT).await;
+    assert_lines(&got, &w.expected());
+    assert_eq!(r.handle.stats.snapshot().errors, 1);
+    r.stop().await;
+}
