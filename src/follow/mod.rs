@@ -17,7 +17,7 @@
 //! Each source publishes counters in a shared [`SourceStats`] (atomics, cheap to read).
 //!
 //! # Files
-//! - [`tail::FileTail`] holds the rotation logic for one path, synchronously, with the clock
+//! - [`FileTail`] holds the rotation logic for one path, synchronously, with the clock
 //!   as a parameter (tests drive it step by step).
 //! - [`spawn_file`] drives it: inotify (via `notify`) on the *directory* of the path (and of
 //!   a symlink's target) wakes the task; a slow tick (default 1 s) is the safety net.
@@ -28,6 +28,16 @@
 //!
 //! File reads happen on the async task: reads of regular files are served from the page
 //! cache in microseconds and are bounded by the batch size, so they do not stall the runtime.
+//!
+//! # Known limits
+//! - After a rotation by rename/delete/replace, lines of the new file wait up to
+//!   `rotate_grace` (2 s) while the old file is drained: one checkpoint names one file.
+//! - Lines a daemon writes to the old file after `rotate_grace` are not read.
+//! - Two rotations before the follower looks once (milliseconds apart, or a stalled
+//!   machine) can skip the generation in between; a held successor covers the common case.
+//! - A checkpoint taken while the file was empty has no fingerprint: a copytruncate while
+//!   the agent is stopped then loses the lines the copy took.
+//! - A rotated file is searched for only next to the log (`name.*`), not in an `olddir`.
 
 mod fingerprint;
 mod lines;

@@ -13,7 +13,14 @@
 //!    read from a file truncated under us are taken back and re-read from the copy;
 //! 4. at EOF only: does the path still name the open file (dev, inode)? If not (renamed,
 //!    deleted, replaced, symlink retargeted), keep draining the old fd until the grace period
-//!    has passed, then emit its unterminated tail, close it and open the path at 0.
+//!    has passed, then emit its unterminated tail, close it and go on with the next file at
+//!    0. The file the path names meanwhile is opened at once and held ("successor"), so a
+//!    second rotation within the grace period cannot take it out of reach. A next file whose
+//!    first bytes are the finished file's is that file rewritten: go on at the old offset.
+//!
+//! Files are known by (dev, inode) *and* by a fingerprint of their first bytes: identity
+//! says which file we hold, the fingerprint says whether its content is still what we read
+//! (truncation, inode reuse) and finds a rotated file among its siblings (`name.1`, …).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, Metadata};
@@ -151,7 +158,7 @@ impl FileTail {
         // Each round either reads, or makes one state change (open, truncation, switch);
         // a handful of rounds always suffices, the bound only guards against a livelock.
         for _ in 0..16 {
-            if self.cur.is_none() && !self.open_next(now) {
+            if self.cur.is_none() && !self.open_next() {
                 break;
             }
             if self.truncated() {
@@ -299,14 +306,14 @@ impl FileTail {
     }
 
     /// Opens the path (or, resuming, the file a checkpoint names). True when a file is open.
-    fn open_next(&mut self, now: Instant) -> bool {
+    fn open_next(&mut self) -> bool {
         let opened = self.open_path();
         let next = std::mem::replace(&mut self.next, Next::Zero);
         match (next, opened) {
             // A transient error: try the same start again later.
             (next, Opened::Failed) => self.next = next,
             (Next::Start(StartAt::Checkpoint(Checkpoint::File(cp))), opened) => {
-                self.resume(cp, opened, now);
+                self.resume(cp, opened);
             }
             // Absent at start: when it appears it is a new file, read it whole.
             (_, Opened::Absent) => {}
@@ -347,7 +354,7 @@ impl FileTail {
 
     /// Resumes from a checkpoint: the same file → at the offset; the file rotated while we
     /// were down → finish it (found among the siblings), then the new file from 0.
-    fn resume(&mut self, cp: FilePosition, opened: Opened, _now: Instant) {
+    fn resume(&mut self, cp: FilePosition, opened: Opened) {
         let want = (cp.dev, cp.ino);
         let fits = |f: &File, m: &Metadata| {
             m.len() >= cp.offset && matches!(fingerprint::check(f, cp.fingerprint), Ok(Some(_)))
@@ -442,9 +449,9 @@ impl FileTail {
                 if !pred(&f, &m) {
                     continue;
                 }
-                let newer = best
-                    .as_ref()
-                    .is_none_or(|(_, bm, _)| m.mtime() > bm.mtime());
+                let newer = best.as_ref().is_none_or(|(_, bm, _)| {
+                    (m.mtime(), m.mtime_nsec()) > (bm.mtime(), bm.mtime_nsec())
+                });
                 if newer {
                     best = Some((f, m, sp));
                 }

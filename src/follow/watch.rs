@@ -1,9 +1,14 @@
 //! The async driver of a file source: inotify wake-ups (through `notify`) on the watched
 //! directories, a slow tick, the grace-period deadline, shutdown — and the bounded channel.
 //!
-//! Loop order: (re)sync the directory watches with where the path now resolves; drain the
-//! `FileTail` batch by batch into the channel (waiting for room: backpressure); sleep until
-//! a relevant inotify event, the tick, or the end of a grace period.
+//! Loop order: drain the `FileTail` batch by batch into the channel (waiting for room:
+//! backpressure); then (re)sync the directory watches with where the path now resolves
+//! (re-reading once if a watch was just placed); sleep until a relevant inotify event, the
+//! tick, or the end of a grace period.
+//!
+//! One `notify` watcher (one inotify instance and its thread) per source: simple and
+//! isolated; the default limit of 128 inotify instances per user bounds the number of
+//! files one agent can follow.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,6 +66,8 @@ struct DirWatch {
     dirs: Vec<(PathBuf, (u64, u64))>,
     filter: Arc<Mutex<Filter>>,
     last_error: Option<String>,
+    /// A watch was placed by the last `sync`.
+    placed: bool,
 }
 
 impl DirWatch {
@@ -97,6 +104,7 @@ impl DirWatch {
                     dirs: Vec::new(),
                     filter,
                     last_error: None,
+                    placed: false,
                 },
                 None,
             ),
@@ -106,6 +114,7 @@ impl DirWatch {
                     dirs: Vec::new(),
                     filter,
                     last_error: None,
+                    placed: false,
                 },
                 Some(format!("starting inotify (falling back to the tick): {e}")),
             ),
@@ -148,6 +157,7 @@ impl DirWatch {
                 Ok(()) => {
                     debug!(dir = %d.display(), "watching");
                     self.dirs.push((d, id));
+                    self.placed = true;
                 }
                 Err(e) => err = Some(format!("watching {}: {e}", d.display())),
             }
@@ -182,7 +192,6 @@ async fn run(
     tokio::pin!(shutdown);
     let mut errors: Vec<String> = err.into_iter().collect();
     loop {
-        errors.extend(watch.sync(&tail.watch_paths(), tail.in_grace()));
         // Drain everything readable now, one batch at a time.
         loop {
             let batch = tail.next_batch(Instant::now());
@@ -201,6 +210,13 @@ async fn run(
                 _ = &mut shutdown => return,
                 r = tx.send(Event::Batch(batch)) => if r.is_err() { return },
             }
+        }
+        // Watches follow where the path resolves now. Done after the reads (off the
+        // latency path); a newly placed watch means a change may have slipped in between
+        // the last read and the watch, so read once more before sleeping.
+        errors.extend(watch.sync(&tail.watch_paths(), tail.in_grace()));
+        if std::mem::take(&mut watch.placed) || !errors.is_empty() {
+            continue;
         }
         // Sleep until something may have changed.
         let now = Instant::now();

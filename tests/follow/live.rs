@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fwagent::follow::{Event, FollowOptions, SourceHandle, SourceId, StartAt, spawn_file};
+use fwagent::follow::{
+    Event, FollowOptions, SourceHandle, SourceId, SourceStats, StartAt, spawn_file,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::util::*;
@@ -71,13 +73,15 @@ impl Running {
 }
 
 /// Runs `script` on a writer thread (it must end by writing END), collects until END and
-/// compares with what the writer says it wrote.
-async fn run_case(path: PathBuf, script: impl FnOnce(&mut Writer) + Send + 'static) {
+/// compares with what the writer says it wrote. The script gets the follower's counters to
+/// wait on before its next rotation (see `caught_up`).
+async fn run_case(path: PathBuf, script: impl FnOnce(&mut Writer, &SourceStats) + Send + 'static) {
     let mut w = Writer::open(&path);
     let mut r = start(&path, StartAt::Beginning, live_opts(), 64);
     r.opened().await;
+    let stats = r.handle.stats.clone();
     let writer = std::thread::spawn(move || {
-        script(&mut w);
+        script(&mut w, &stats);
         w.raw(format!("{END}\n").as_bytes());
         w.expected()
     });
@@ -87,15 +91,35 @@ async fn run_case(path: PathBuf, script: impl FnOnce(&mut Writer) + Send + 'stat
     r.stop().await;
 }
 
+/// Real rotations are hours apart: the follower always gets to see one before the next.
+/// At test speed that must be waited for — until it has delivered `lines` lines and
+/// finished `rotations` files — or two rotations could overtake it (a documented limit).
+fn caught_up(stats: &SourceStats, lines: usize, rotations: u64) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = stats.snapshot();
+        if s.lines >= lines as u64 && s.rotations >= rotations {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follower did not catch up: {s:?}, want {lines} lines, {rotations} rotations"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_rename_create_three_times_with_late_writes() {
     let d = TempDir::new("live-rename");
-    run_case(d.join("mainlog"), |w| {
-        for _ in 0..3 {
+    run_case(d.join("mainlog"), |w, stats| {
+        for i in 0..3 {
             w.write(3000);
             w.rotate_rename_create();
             w.write(300); // the daemon has not reopened yet
             w.reopen();
+            w.write(10);
+            caught_up(stats, w.expected().len(), i + 1);
         }
         w.write(3000);
     })
@@ -105,12 +129,13 @@ async fn live_rename_create_three_times_with_late_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_copytruncate_three_times() {
     let d = TempDir::new("live-ct");
-    run_case(d.join("mainlog"), |w| {
+    run_case(d.join("mainlog"), |w, stats| {
         for i in 0..3 {
             w.write(3000);
             w.rotate_copytruncate();
             // Shorter, then much longer than the old offset.
             w.write(if i == 1 { 10 } else { 5000 });
+            caught_up(stats, w.expected().len(), 0);
         }
     })
     .await;
@@ -119,7 +144,7 @@ async fn live_copytruncate_three_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_delete_recreate() {
     let d = TempDir::new("live-delete");
-    run_case(d.join("mainlog"), |w| {
+    run_case(d.join("mainlog"), |w, _| {
         w.write(3000);
         w.delete();
         w.write(300);
@@ -132,7 +157,7 @@ async fn live_delete_recreate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_atomic_replace() {
     let d = TempDir::new("live-replace");
-    run_case(d.join("mainlog"), |w| {
+    run_case(d.join("mainlog"), |w, _| {
         w.write(3000);
         w.atomic_replace(50);
         w.write(300);
@@ -293,7 +318,7 @@ async fn live_log_directory_removed_and_recreated() {
     let dir = d.join("exim4");
     std::fs::create_dir(&dir).unwrap();
     let p = dir.join("mainlog");
-    run_case(p, move |w| {
+    run_case(p, move |w, _| {
         w.write(1000);
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::create_dir(&dir).unwrap();
@@ -301,4 +326,33 @@ async fn live_log_directory_removed_and_recreated() {
         w.write(1000);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_error_is_reported_once_then_the_file_is_followed() {
+    let d = TempDir::new("live-err");
+    let p = d.join("mainlog");
+    std::fs::create_dir(&p).unwrap(); // not a regular file
+    let mut r = start(&p, StartAt::Beginning, live_opts(), 64);
+    let ev = tokio::time::timeout(TIMEOUT, r.rx.recv())
+        .await
+        .expect("an error event")
+        .unwrap();
+    match ev {
+        Event::Error { source, error } => {
+            assert_eq!(source, SourceId(3));
+            assert!(error.contains("not a regular file"), "{error}");
+            assert!(error.contains("mainlog"), "names the path: {error}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    std::fs::remove_dir(&p).unwrap();
+    let mut w = Writer::open(&p);
+    w.write(10);
+    w.raw(format!("{END}\n").as_bytes());
+    // The next events are batches only: the error was not repeated on every tick.
+    let (got, _) = collect_until(&mut r.rx, END, TIMEOUT).await;
+    assert_lines(&got, &w.expected());
+    assert_eq!(r.handle.stats.snapshot().errors, 1);
+    r.stop().await;
 }

@@ -247,3 +247,26 @@ fn restart_loop_never_duplicates() {
     }
     assert_lines(&got, &w.expected());
 }
+
+#[test]
+fn position_only_batch_on_open_makes_start_at_end_resumable() {
+    // Started at the end, stopped before any line came: the checkpoint of the open alone
+    // must make the lines written while stopped readable on the next start.
+    let d = TempDir::new("cp-end");
+    let p = d.join("mainlog");
+    let mut w = Writer::open(&p);
+    w.write(50); // history, not to be read
+    let mut t = tail_at(&p, StartAt::End);
+    let b = t.next_batch(Instant::now()).expect("a position-only batch");
+    assert!(b.lines.is_empty());
+    let Some(Checkpoint::File(pos)) = b.checkpoint.clone() else {
+        panic!("no checkpoint")
+    };
+    assert_eq!(pos.offset, fs::metadata(&p).unwrap().len());
+    assert!(t.next_batch(Instant::now()).is_none(), "reported once");
+    drop(t);
+    w.forget_current();
+    w.write(4);
+    let mut t = resume(&p, b.checkpoint.unwrap());
+    assert_lines(&drain(&mut t, Instant::now()).0, &w.expected());
+}

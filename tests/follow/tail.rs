@@ -407,3 +407,29 @@ fn unreadable_file_reports_one_error_and_recovers() {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
     assert_lines(&drain(&mut t, now).0, &w.expected());
 }
+
+#[test]
+fn rotations_faster_than_the_grace_period_lose_no_generation() {
+    // Two rename rotations before the first grace period ends: the file the path named in
+    // between is held open and read after the first, before the current one.
+    let d = TempDir::new("fast-rot");
+    let p = d.join("mainlog");
+    let mut w = Writer::open(&p);
+    let mut t = tail_at(&p, StartAt::Beginning);
+    let t0 = Instant::now();
+    w.write(10);
+    let mut got = drain(&mut t, t0).0;
+    w.rotate_rename_create();
+    w.reopen();
+    w.write(5);
+    got.extend(drain(&mut t, t0).0); // sees the new file, holds it
+    w.rotate_rename_create();
+    w.write(2); // late lines to the middle generation
+    w.reopen();
+    w.write(3);
+    got.extend(drain(&mut t, t0 + Duration::from_millis(100)).0);
+    got.extend(drain(&mut t, t0 + AFTER_GRACE).0);
+    got.extend(drain(&mut t, t0 + AFTER_GRACE * 2).0);
+    assert_lines(&got, &w.expected());
+    assert_eq!(t.stats().snapshot().rotations, 2);
+}
