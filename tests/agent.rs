@@ -1,0 +1,723 @@
+//! `fwagent run` end to end: real sample lines appended to real files, the real kernel in a
+//! throwaway network namespace, `nft -j` as the oracle. Needs root; each test skips with a
+//! visible message otherwise.
+//!
+//! Run: `cargo test --test agent` (as root). Timing figures (flush → restore) are printed
+//! with `--nocapture`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::agent::{Elem, Lab, SOON, poll, rate_limited, sample_rate_limited};
+use common::netns::root_or_skip;
+use fwagent::control::Request;
+
+const DAY: u64 = 86_400;
+/// Remaining-time checks allow this much (nft rounds to seconds; the machine is loaded).
+const SLACK: u64 = 2;
+
+/// The bots of the Exim sample as the kernel lists them: IPv4 addresses and the IPv6 /64.
+fn sample_bots() -> BTreeSet<(String, String)> {
+    [
+        ("banned4", "198.51.100.11"),
+        ("banned4", "198.51.100.12"),
+        ("banned6", "2001:db8:25::"),
+    ]
+    .iter()
+    .map(|(s, v)| (s.to_string(), v.to_string()))
+    .collect()
+}
+
+fn as_set(els: &[Elem]) -> BTreeSet<(String, String)> {
+    els.iter().map(|e| (e.set.clone(), e.val.clone())).collect()
+}
+
+/// Appends the whole Exim sample (deliveries, the legitimate client, the bots' rejected
+/// RCPTs) in chunks of 20 lines, as Exim would write it over time.
+fn append_sample(lab: &Lab) {
+    let text = std::fs::read_to_string("/work/shared/samples/exim4-mainlog").expect("sample");
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for chunk in lines.chunks(20) {
+        lab.append_main(chunk);
+    }
+}
+
+/// Waits until exactly the sample's bots are banned, then returns the elements.
+fn wait_sample_bans(lab: &Lab) -> Vec<Elem> {
+    let mut els = Vec::new();
+    let ok = poll(SOON, || {
+        els = lab.elements();
+        as_set(&els) == sample_bots()
+    });
+    assert!(
+        ok,
+        "expected the sample's bots banned, kernel has {:?}\n{}",
+        as_set(&els),
+        lab.log()
+    );
+    els
+}
+
+/// An interface in the lab's namespace to put "local" addresses on (a veth pair with both
+/// ends in the namespace: the dummy module is not available everywhere).
+fn local_link(lab: &Lab) {
+    lab.ns
+        .ip(&["link", "add", "fw0", "type", "veth", "peer", "name", "fw1"]);
+    lab.ns.ip(&["link", "set", "fw0", "up"]);
+    lab.ns.ip(&["link", "set", "fw1", "up"]);
+}
+
+fn elapsed_secs(since: Instant) -> u64 {
+    since.elapsed().as_secs()
+}
+
+#[test]
+fn sample_bots_are_banned_for_24h_and_nobody_else() {
+    if !root_or_skip("sample_bots_are_banned_for_24h_and_nobody_else") {
+        return;
+    }
+    let mut lab = Lab::new();
+    // The embedded default configuration (24 h, 3 hits in 1 h), following our file.
+    lab.start_default();
+    append_sample(&lab);
+    let els = wait_sample_bans(&lab);
+    // Every line was read, and the three bans were the only ones.
+    let lines = std::fs::read_to_string("/work/shared/samples/exim4-mainlog")
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(poll(SOON, || lab.source_lines() == lines));
+    assert_eq!(
+        as_set(&lab.elements()),
+        sample_bots(),
+        "legitimate client or servers banned"
+    );
+    for e in &els {
+        assert_eq!(e.timeout, Some(DAY), "{e:?}");
+        let exp = e.expires.expect("expiry");
+        assert!((DAY - 10..=DAY).contains(&exp), "{e:?}");
+    }
+    assert_eq!(lab.log_count(" banned "), 3, "{}", lab.log());
+    let st = lab.status();
+    assert_eq!(st["active_bans"], 3);
+    assert_eq!(st["rules"][0]["name"], "exim-ratelimit");
+    assert_eq!(st["rules"][0]["bans"], 3);
+    assert_eq!(st["rules"][0]["hits"], 42, "{st}");
+    assert_eq!(st["last_ban"]["rule"], "exim-ratelimit");
+}
+
+#[test]
+fn only_the_rate_limited_lines_in_order_ban_the_bots() {
+    if !root_or_skip("only_the_rate_limited_lines_in_order_ban_the_bots") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    // One line per write: each bot is banned on its third line, not before.
+    let lines = sample_rate_limited();
+    assert_eq!(lines.len(), 42);
+    for (i, l) in lines.iter().enumerate() {
+        lab.append_main(std::slice::from_ref(l));
+        if i == 1 {
+            lab.wait_hits("exim-ratelimit", 2);
+            assert!(lab.elements().is_empty(), "banned after two lines");
+        }
+    }
+    wait_sample_bans(&lab);
+    lab.wait_hits("exim-ratelimit", 42);
+    assert_eq!(as_set(&lab.elements()), sample_bots());
+}
+
+#[test]
+fn kill9_restart_keeps_kernel_bans_and_resumes_at_checkpoint() {
+    if !root_or_skip("kill9_restart_keeps_kernel_bans_and_resumes_at_checkpoint") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    append_sample(&lab);
+    // Two lines of a fourth address: below the threshold of 3.
+    lab.append_main(&rate_limited("203.0.113.77", 2));
+    wait_sample_bans(&lab);
+    lab.wait_hits("exim-ratelimit", 44);
+    // The checkpoint is committed by the store thread right after the batch (an fsync);
+    // give it a moment before the hard kill.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = lab.elements();
+    let t0 = Instant::now();
+    lab.kill9();
+    // Bans outlive the agent.
+    assert_eq!(as_set(&lab.elements()), sample_bots());
+    // Let time pass so a re-added element (expiry reset) would show.
+    std::thread::sleep(Duration::from_secs(3));
+    lab.start_default();
+    let after = lab.elements();
+    let gone = elapsed_secs(t0);
+    assert_eq!(as_set(&after), sample_bots(), "{}", lab.log());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.val, a.val);
+        // Same element: same configured timeout, and the clock kept running.
+        assert_eq!(a.timeout, b.timeout, "element re-added: {b:?} → {a:?}");
+        let (eb, ea) = (b.expires.unwrap(), a.expires.unwrap());
+        assert!(
+            ea + gone <= eb + SLACK,
+            "expiry reset by the restart: {eb} → {ea} after {gone} s"
+        );
+    }
+    assert!(
+        !lab.log().contains("restored bans"),
+        "restart re-added bans:\n{}",
+        lab.log()
+    );
+    // The store still knows the bans and why.
+    let list = lab.list();
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert!(
+        list.iter().all(|b| b["rule"] == "exim-ratelimit"),
+        "{list:?}"
+    );
+    // Old lines are not read again: 203.0.113.77 had 2 hits before the kill; one more line
+    // after the restart must not ban it (the window starts empty), three must.
+    lab.append_main(&rate_limited("203.0.113.77", 1));
+    lab.wait_hits("exim-ratelimit", 1);
+    assert_eq!(lab.source_lines(), 1, "old lines re-read after restart");
+    assert!(
+        lab.elem("203.0.113.77").is_none(),
+        "old lines counted again"
+    );
+    lab.append_main(&rate_limited("203.0.113.77", 2));
+    let e = lab.wait_banned("203.0.113.77");
+    assert_eq!(e.timeout, Some(DAY));
+    assert_eq!(lab.source_lines(), 3);
+}
+
+#[test]
+fn reboot_restores_bans_with_remaining_time() {
+    if !root_or_skip("reboot_restores_bans_with_remaining_time") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default(); // protect = true: owner + persist on this kernel
+    append_sample(&lab);
+    let auto = wait_sample_bans(&lab);
+    let r = lab.control(&Request::Ban {
+        targets: vec!["198.51.100.99".into()],
+        seconds: Some(600),
+        force: false,
+    });
+    assert!(r.ok, "{}", r.message);
+    let manual = lab.wait_banned("198.51.100.99");
+    let t0 = Instant::now();
+    lab.stop();
+    // With the agent gone the kernel dropped the owner flag (persist keeps the table), so
+    // anyone may delete it now: that is our "reboot".
+    lab.nft(&["delete", "table", "inet", "fwagent"]);
+    assert!(lab.kernel().is_none());
+    std::thread::sleep(Duration::from_secs(3));
+    lab.start_default();
+    let passed = elapsed_secs(t0);
+    let after = lab.elements();
+    assert!(lab.log().contains("restored bans"), "{}", lab.log());
+    let mut want = sample_bots();
+    want.insert(("banned4".into(), "198.51.100.99".into()));
+    assert_eq!(as_set(&after), want);
+    for b in auto.iter().chain([&manual]) {
+        let a = after.iter().find(|a| a.val == b.val).unwrap();
+        let expected = b.expires.unwrap().saturating_sub(passed);
+        let got = a.expires.unwrap();
+        assert!(
+            got.abs_diff(expected) <= SLACK,
+            "{}: remaining {got} s, expected {expected} ± {SLACK} (was {} s {passed} s ago)",
+            b.val,
+            b.expires.unwrap()
+        );
+        // Restored with the remaining time, not a fresh full ban.
+        assert!(a.timeout.unwrap() < b.timeout.unwrap(), "{b:?} → {a:?}");
+    }
+    println!(
+        "reboot: {} bans restored after {passed} s down; remaining times within ±{SLACK} s",
+        after.len()
+    );
+}
+
+/// Flushes the namespace's whole ruleset `n` times and returns how long each restore took.
+fn flush_and_time(lab: &Lab, n: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let before = lab.elements();
+        let t = Instant::now();
+        lab.nft(&["flush", "ruleset"]);
+        let flushed = t.elapsed();
+        let back = poll(Duration::from_secs(5), || {
+            as_set(&lab.elements()) == as_set(&before)
+        });
+        let took = t.elapsed();
+        assert!(
+            back,
+            "bans not back 5 s after nft flush ruleset:\n{}",
+            lab.log()
+        );
+        println!(
+            "flush ruleset → all {} bans back in {:.0} ms (nft itself took {:.0} ms)",
+            before.len(),
+            took.as_secs_f64() * 1000.0,
+            flushed.as_secs_f64() * 1000.0
+        );
+        times.push(took);
+    }
+    times
+}
+
+#[test]
+fn flush_ruleset_without_protection_is_repaired_within_1s() {
+    if !root_or_skip("flush_ruleset_without_protection_is_repaired_within_1s") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.start_config();
+    assert_eq!(lab.status()["table_owned"], false);
+    append_sample(&lab);
+    let before = wait_sample_bans(&lab);
+    let times = flush_and_time(&lab, 3);
+    let worst = times.iter().max().unwrap();
+    // The measured figure includes `nft` start-up and our 10 ms polling; the budget is 1 s.
+    assert!(
+        *worst < Duration::from_secs(1),
+        "restore took {worst:?} (> 1 s)"
+    );
+    let after = lab.elements();
+    for b in &before {
+        let a = after.iter().find(|a| a.val == b.val).unwrap();
+        // Restored with the remaining time, not a fresh 24 h.
+        assert!(a.expires.unwrap() <= b.expires.unwrap(), "{b:?} → {a:?}");
+    }
+    assert!(lab.status()["reinstalls"].as_u64().unwrap() >= 3);
+    assert!(lab.log().contains("re-installed"), "{}", lab.log());
+    // Partial damage is repaired too: someone deletes our input chain.
+    lab.nft(&["delete", "chain", "inet", "fwagent", "input"]);
+    let back = poll(Duration::from_secs(5), || {
+        lab.ns
+            .output("nft", &["list", "chain", "inet", "fwagent", "input"])
+            .status
+            .success()
+    });
+    assert!(back, "input chain not re-created:\n{}", lab.log());
+    assert_eq!(as_set(&lab.elements()), sample_bots());
+}
+
+#[test]
+fn flush_ruleset_with_protection_leaves_the_table_alone() {
+    if !root_or_skip("flush_ruleset_with_protection_leaves_the_table_alone") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    assert_eq!(lab.status()["table_owned"], true);
+    append_sample(&lab);
+    let before = wait_sample_bans(&lab);
+    let listing = lab.nft(&["list", "table", "inet", "fwagent"]);
+    assert!(listing.contains("flags owner"), "{listing}");
+    // Someone else's firewall reload: succeeds, and skips our table.
+    lab.nft(&["flush", "ruleset"]);
+    let after = lab.elements();
+    assert_eq!(as_set(&after), as_set(&before));
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.timeout, b.timeout, "element replaced: {b:?} → {a:?}");
+    }
+    // Nor can anyone else delete it or touch its elements.
+    for args in [
+        &["delete", "table", "inet", "fwagent"][..],
+        &[
+            "delete",
+            "element",
+            "inet",
+            "fwagent",
+            "banned4",
+            "{ 198.51.100.11 }",
+        ][..],
+    ] {
+        let out = lab.ns.output("nft", args);
+        assert!(
+            !out.status.success(),
+            "nft {args:?} succeeded on an owned table"
+        );
+    }
+    assert_eq!(as_set(&lab.elements()), sample_bots());
+    // The agent had nothing to repair.
+    assert_eq!(lab.status()["reinstalls"], 0);
+}
+
+#[test]
+fn sighup_reload_unbans_newly_allow_listed_and_applies_max_hits() {
+    if !root_or_skip("sighup_reload_unbans_newly_allow_listed_and_applies_max_hits") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.start_config();
+    lab.append_main(&rate_limited("198.51.100.11", 3));
+    lab.append_main(&rate_limited("198.51.100.12", 3));
+    lab.wait_banned("198.51.100.11");
+    let kept = lab.wait_banned("198.51.100.12");
+    // New config: .11 allow-listed, 5 hits needed.
+    lab.write_config(
+        "[firewall]\nprotect = false\n[ban]\nallow = [\"198.51.100.11\"]\n\
+         [rules.exim-ratelimit]\nmax_hits = 5\n",
+    );
+    lab.hup();
+    lab.wait_log("configuration reloaded", 1, SOON);
+    lab.wait_unbanned("198.51.100.11", SOON);
+    assert!(
+        lab.log().contains("now allow-listed or local"),
+        "{}",
+        lab.log()
+    );
+    // The other ban is untouched (same element, clock running).
+    let still = lab.elem("198.51.100.12").expect("other ban kept");
+    assert_eq!(still.timeout, kept.timeout);
+    assert!(lab.list().iter().all(|b| b["target"] != "198.51.100.11/32"));
+    // max_hits = 5: four lines are not enough, the fifth is.
+    let hits = lab.rule_hits("exim-ratelimit");
+    lab.append_main(&rate_limited("203.0.113.5", 4));
+    lab.wait_hits("exim-ratelimit", hits + 4);
+    assert!(lab.elem("203.0.113.5").is_none(), "banned after 4 of 5");
+    lab.append_main(&rate_limited("203.0.113.5", 1));
+    lab.wait_banned("203.0.113.5");
+    // The allow-listed address floods: never banned.
+    lab.append_main(&rate_limited("198.51.100.11", 20));
+    lab.append_main(&rate_limited("203.0.113.6", 5)); // a marker processed after the flood
+    lab.wait_banned("203.0.113.6");
+    assert!(lab.elem("198.51.100.11").is_none());
+    // A broken config on reload is reported and changes nothing.
+    std::fs::write(lab.config_path(), "[firewall]\nipv6_prefix = 7\n").unwrap();
+    lab.hup();
+    lab.wait_log("reload failed", 1, SOON);
+    assert!(
+        lab.log().contains("key firewall.ipv6_prefix"),
+        "{}",
+        lab.log()
+    );
+    assert!(lab.try_wait().is_none(), "agent died on a bad reload");
+    assert_eq!(
+        lab.banned(),
+        ["198.51.100.12", "203.0.113.5", "203.0.113.6"]
+    );
+}
+
+#[test]
+fn repeat_offenders_get_longer_bans_and_unban_forgives() {
+    if !root_or_skip("repeat_offenders_get_longer_bans_and_unban_forgives") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config(
+        "[firewall]\nprotect = false\n[escalation]\nfactor = 2.0\n\
+         [rules.exim-ratelimit]\nban_time = \"3s\"\n",
+    );
+    lab.start_config();
+    let a = "198.51.100.11";
+    // Like the sample's bots: more lines than the threshold arrive at once (a ban only
+    // takes effect after them). That is one ban, not two.
+    lab.append_main(&rate_limited(a, 6));
+    let first = lab.wait_banned(a);
+    assert_eq!(first.timeout, Some(3));
+    lab.wait_hits("exim-ratelimit", 6);
+    lab.wait_unbanned(a, SOON);
+    // Second offence: twice as long.
+    lab.append_main(&rate_limited(a, 3));
+    let second = lab.wait_banned(a);
+    assert_eq!(
+        second.timeout,
+        Some(6),
+        "second ban should be 3 s × 2 (one earlier ban)"
+    );
+    let listed = lab.list();
+    assert_eq!(listed[0]["times_banned"], 2, "{listed:?}");
+    // Unban through the agent: lifted, and the history is forgiven.
+    let r = lab.control(&Request::Unban {
+        targets: vec![a.into()],
+    });
+    assert!(r.ok, "{}", r.message);
+    assert!(lab.elem(a).is_none(), "unban did not remove the element");
+    lab.append_main(&rate_limited(a, 3));
+    let third = lab.wait_banned(a);
+    assert_eq!(third.timeout, Some(3), "unban should clear the history");
+}
+
+#[test]
+fn dry_run_touches_neither_kernel_nor_state() {
+    if !root_or_skip("dry_run_touches_neither_kernel_nor_state") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cfg = lab.write_config("");
+    let cfg = cfg.display().to_string();
+    // A table with one ban made by the CLI, as an admin might have.
+    lab.ns.fwagent_ok(
+        &[],
+        &["ban", "--config", &cfg, "198.51.100.99", "--for", "1h"],
+    );
+    let before = lab.nft(&["-j", "list", "ruleset"]);
+    let before_els = lab.elements();
+    lab.start(&["-c", &cfg, "--dry-run"]);
+    append_sample(&lab);
+    lab.wait_log("would ban", 3, SOON);
+    let log = lab.log();
+    for bot in ["198.51.100.11/32", "198.51.100.12/32", "2001:db8:25::/64"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("would ban") && l.contains(bot)),
+            "{bot}:\n{log}"
+        );
+    }
+    assert_eq!(lab.log_count("would ban"), 3);
+    assert_eq!(lab.elements().len(), before_els.len());
+    let after_els = lab.elements();
+    for (b, a) in before_els.iter().zip(&after_els) {
+        assert_eq!((&a.val, a.timeout), (&b.val, b.timeout));
+    }
+    lab.stop();
+    // Same ruleset except the running expiry clocks.
+    let strip = |s: &str| {
+        s.split("\"expires\": ")
+            .map(|p| p.trim_start_matches(|c: char| c.is_ascii_digit()))
+            .collect::<String>()
+    };
+    assert_eq!(strip(&lab.nft(&["-j", "list", "ruleset"])), strip(&before));
+    assert!(
+        !lab.state_dir().exists(),
+        "dry run created the state dir {}",
+        lab.state_dir().display()
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_key_and_exit_2() {
+    if !root_or_skip("config_errors_name_file_line_key_and_exit_2") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cases: [(&str, &str); 3] = [
+        // (config body, expected text after the path)
+        (
+            "[firewall]\nprotect = false\nipv6_prefix = 40\n",
+            ":3: key firewall.ipv6_prefix",
+        ),
+        ("[ban]\n\ntime = \"3 fortnights\"\n", ":3: key ban.time"),
+        (
+            "[[source]]\npath = \"/tmp/x\"\nrules = [\"exim-ratelimitt\"]\n",
+            ":3: key source.0.rules",
+        ),
+    ];
+    let cfg = lab.config_path().display().to_string();
+    for (body, want) in cases {
+        std::fs::write(lab.config_path(), body).unwrap();
+        lab.spawn(&["-c", &cfg]);
+        let st = lab.wait_exit(SOON);
+        let log = lab.log();
+        lab.reap();
+        assert_eq!(st.code(), Some(2), "{body:?} → {st}:\n{log}");
+        assert!(
+            log.contains(&format!("{cfg}{want}")),
+            "{body:?}: message should name {cfg}{want}:\n{log}"
+        );
+        assert_eq!(log.lines().count(), 1, "one clear line:\n{log}");
+        assert!(lab.kernel().is_none(), "a bad config created the table");
+    }
+    // A missing file names itself.
+    lab.spawn(&["-c", "/nonexistent/fwagent.toml"]);
+    let st = lab.wait_exit(SOON);
+    let log = lab.log();
+    lab.reap();
+    assert!(log.contains("/nonexistent/fwagent.toml"), "{log}");
+    assert_ne!(st.code(), Some(0));
+}
+
+#[test]
+fn allow_listed_loopback_and_local_addresses_are_never_banned() {
+    if !root_or_skip("allow_listed_loopback_and_local_addresses_are_never_banned") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config(
+        "[firewall]\nprotect = false\n\
+         [ban]\nallow = [\"203.0.113.20\", \"2001:db8:aa::/48\"]\n",
+    );
+    lab.start_config();
+    // Addresses assigned while the agent runs.
+    local_link(&lab);
+    lab.ns
+        .ip(&["addr", "add", "198.51.100.77/24", "dev", "fw0"]);
+    lab.ns
+        .ip(&["addr", "add", "2001:db8:77::1/64", "dev", "fw0", "nodad"]);
+    let protected = [
+        "203.0.113.20",
+        "2001:db8:aa:1::5",
+        "127.0.0.1",
+        "::1",
+        "198.51.100.77",
+        "2001:db8:77::1",
+    ];
+    for a in protected {
+        lab.append_main(&rate_limited(a, 20));
+    }
+    // A bot inside the local /64: banned by its own /128, never the /64 holding ours.
+    lab.append_main(&rate_limited("2001:db8:77::99", 3));
+    // And an ordinary bot, last, so that once it is banned everything before was read.
+    lab.append_main(&rate_limited("198.51.100.11", 3));
+    lab.wait_banned("198.51.100.11");
+    lab.wait_banned("2001:db8:77::99");
+    assert_eq!(lab.source_lines(), 20 * protected.len() as u64 + 6);
+    let got = as_set(&lab.elements());
+    let want: BTreeSet<_> = [
+        ("banned4".to_string(), "198.51.100.11".to_string()),
+        ("banned6x".to_string(), "2001:db8:77::99".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn control_socket_ban_unban_status_and_refusals() {
+    if !root_or_skip("control_socket_ban_unban_status_and_refusals") {
+        return;
+    }
+    let mut lab = Lab::new();
+    local_link(&lab);
+    lab.ns
+        .ip(&["addr", "add", "198.51.100.77/24", "dev", "fw0"]);
+    lab.write_config("[ban]\nallow = [\"203.0.113.20\"]\n");
+    let pid = lab.start_config();
+    let ban = |t: &str, seconds: Option<u64>, force: bool| {
+        lab.control(&Request::Ban {
+            targets: vec![t.into()],
+            seconds,
+            force,
+        })
+    };
+    // A manual ban lands in the kernel with the configured ban time.
+    let r = ban("198.51.100.99", None, false);
+    assert!(r.ok, "{}", r.message);
+    assert_eq!(lab.wait_banned("198.51.100.99").timeout, Some(DAY));
+    let r = ban("2001:db8:5::1", Some(600), false);
+    assert!(r.ok, "{}", r.message);
+    assert_eq!(lab.wait_banned("2001:db8:5::").timeout, Some(600));
+    let r = ban("198.18.0.0/16", Some(0), false);
+    assert!(r.ok, "{}", r.message);
+    let net = lab.wait_banned("198.18.0.0/16");
+    assert_eq!((net.set.as_str(), net.timeout), ("nets4", None));
+    // Local, allow-listed and loopback addresses are refused without force.
+    for t in [
+        "198.51.100.77",
+        "203.0.113.20",
+        "127.0.0.1",
+        "::1",
+        "198.51.100.0/24",
+    ] {
+        let r = ban(t, None, false);
+        assert!(!r.ok, "{t} was banned without force");
+        assert!(r.message.contains("refusing"), "{t}: {}", r.message);
+    }
+    assert_eq!(lab.elements().len(), 3, "{:?}", lab.banned());
+    // With force the admin gets what they asked for.
+    let r = ban("203.0.113.20", Some(60), true);
+    assert!(r.ok, "{}", r.message);
+    lab.wait_banned("203.0.113.20");
+    // Garbage is refused and changes nothing.
+    let r = ban("198.51.100.300", None, false);
+    assert!(!r.ok);
+    assert_eq!(lab.elements().len(), 4);
+    // status: the agent's own figures.
+    let st = lab.status();
+    assert_eq!(st["pid"], pid);
+    assert_eq!(st["active_bans"], 4);
+    assert_eq!(st["dry_run"], false);
+    assert_eq!(st["table_owned"], true);
+    assert_eq!(st["kernel_errors"], 0);
+    assert_eq!(
+        st["sources"][0]["path"],
+        lab.mainlog().display().to_string()
+    );
+    // Lift the forced one: a restart would lift it anyway (start-up unbans every ban that
+    // covers a protected address; `force` is not remembered — see the report).
+    let r = lab.control(&Request::Unban {
+        targets: vec!["203.0.113.20".into()],
+    });
+    assert!(r.ok, "{}", r.message);
+    // A restart keeps the others, known as manual bans.
+    lab.stop();
+    lab.start_config();
+    let list = lab.list();
+    let rules: Vec<(&str, &str)> = list
+        .iter()
+        .map(|b| (b["target"].as_str().unwrap(), b["rule"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("198.18.0.0/16", "manual"),
+            ("198.51.100.99/32", "manual"),
+            ("2001:db8:5::/64", "manual"),
+        ]
+    );
+    // unban removes from kernel and store.
+    let r = lab.control(&Request::Unban {
+        targets: vec!["198.51.100.99".into(), "2001:db8:5::1".into()],
+    });
+    assert!(r.ok, "{}", r.message);
+    assert!(r.message.starts_with("unbanned 2"), "{}", r.message);
+    assert_eq!(lab.banned(), ["198.18.0.0/16"]);
+    lab.stop();
+    lab.start_config();
+    assert_eq!(lab.list().len(), 1);
+    assert_eq!(lab.banned(), ["198.18.0.0/16"]);
+}
+
+#[test]
+fn kernel_bans_made_while_no_agent_ran_are_adopted_as_manual() {
+    if !root_or_skip("kernel_bans_made_while_no_agent_ran_are_adopted_as_manual") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cfg = lab.write_config("").display().to_string();
+    lab.start_config();
+    lab.stop();
+    // While no agent runs: one ban with nft, one with the CLI.
+    lab.nft(&[
+        "add",
+        "element",
+        "inet",
+        "fwagent",
+        "banned4",
+        "{ 198.51.100.44 timeout 1h }",
+    ]);
+    lab.ns.fwagent_ok(
+        &[],
+        &["ban", "--config", &cfg, "198.51.100.45", "--for", "2h"],
+    );
+    let before = lab.elements();
+    let t0 = SystemTime::now();
+    lab.start_config();
+    assert_eq!(lab.log_count("adopted a ban"), 2, "{}", lab.log());
+    let list = lab.list();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for (b, secs) in list.iter().zip([3600u64, 7200]) {
+        assert_eq!(b["rule"], "manual");
+        let now = t0.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let left = b["expires_at_unix"].as_u64().unwrap() - now;
+        assert!(left.abs_diff(secs) <= 5, "{b}: {left} s left");
+    }
+    // Adopted, not re-added: the kernel elements are the same ones.
+    for (b, a) in before.iter().zip(lab.elements().iter()) {
+        assert_eq!((&a.val, a.timeout), (&b.val, b.timeout));
+    }
+    // And the restarted agent owns the table again.
+    let out = lab
+        .ns
+        .output("nft", &["delete", "table", "inet", "fwagent"]);
+    assert!(!out.status.success(), "table not re-claimed by the agent");
+}
