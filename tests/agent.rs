@@ -721,3 +721,82 @@ fn kernel_bans_made_while_no_agent_ran_are_adopted_as_manual() {
         .output("nft", &["delete", "table", "inet", "fwagent"]);
     assert!(!out.status.success(), "table not re-claimed by the agent");
 }
+
+/// Seconds since the Unix epoch of a log line's RFC 3339 UTC timestamp
+/// (`2026-12-03T18:12:32.661587Z ...`).
+fn log_time(line: &str) -> f64 {
+    let ts = line.split_whitespace().next().expect("timestamp");
+    let num = |r: std::ops::Range<usize>| ts[r].parse::<i64>().expect("digits");
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days from civil date (proleptic Gregorian), 1970-01-01 = 0.
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs: f64 = ts[17..ts.len() - 1].parse().expect("seconds");
+    (days * 86_400 + num(11..13) * 3600 + num(14..16) * 60) as f64 + secs
+}
+
+#[test]
+fn lines_written_after_ready_are_never_skipped() {
+    if !root_or_skip("lines_written_after_ready_are_never_skipped") {
+        return;
+    }
+    let mut lab = Lab::new();
+    // A writer appends a line every 200 µs from before the agent starts until well after
+    // it is up, noting when each write began.
+    let path = lab.mainlog();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open mainlog");
+        let mut started = Vec::new();
+        let t = Instant::now();
+        let mut i = 0u64;
+        // Bounded even if the main thread never says stop.
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed)
+            && t.elapsed() < Duration::from_secs(60)
+        {
+            let at = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            std::io::Write::write_all(&mut f, format!("filler line {i}\n").as_bytes())
+                .expect("append");
+            started.push(at);
+            i += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        started
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    lab.start_default();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let started = writer.join().expect("writer");
+    let log = lab.log();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("fwagent running"))
+        .map(log_time)
+        .expect("ready line");
+    let after = started.iter().filter(|&&t| t > ready).count() as u64;
+    assert!(after > 100, "writer too slow: {after} lines after READY");
+    let mut read = 0;
+    poll(SOON, || {
+        read = lab.source_lines();
+        read >= after
+    });
+    assert!(
+        read >= after,
+        "{after} lines were written after READY but the agent read {read}"
+    );
+    println!(
+        "READY: {after} lines written after it, {read} read ({} written in all)",
+        started.len()
+    );
+}
