@@ -300,6 +300,10 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         agent.bind_control()?;
     }
     agent.start_sources(checkpoints);
+    // A follower takes its position (the end of the file, on a first start) when its task
+    // first runs, not when it is spawned. Let every follower task run once before READY, or
+    // lines written just after READY would count as "before the end" and be skipped.
+    tokio::task::yield_now().await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         table = %agent.schema.table,
