@@ -500,7 +500,7 @@ fn config_errors_name_file_line_key_and_exit_2() {
         return;
     }
     let mut lab = Lab::new();
-    let cases: [(&str, &str); 3] = [
+    let cases: [(&str, &str); 4] = [
         // (config body, expected text after the path)
         (
             "[firewall]\nprotect = false\nipv6_prefix = 40\n",
@@ -511,6 +511,11 @@ fn config_errors_name_file_line_key_and_exit_2() {
             "[[source]]\npath = \"/tmp/x\"\nrules = [\"exim-ratelimitt\"]\n",
             ":3: key source.0.rules",
         ),
+        (
+            "[rules.my]\npatterns = ['from (?P<host>\\S+']\n\
+             [[source]]\npath = \"/tmp/x\"\nrules = [\"my\"]\n",
+            ":2: key rules.my.patterns",
+        ),
     ];
     let cfg = lab.config_path().display().to_string();
     for (body, want) in cases {
@@ -520,11 +525,13 @@ fn config_errors_name_file_line_key_and_exit_2() {
         let log = lab.log();
         lab.reap();
         assert_eq!(st.code(), Some(2), "{body:?} → {st}:\n{log}");
+        // One message, first line naming file, line and key (a regex error then shows
+        // the pattern with a caret below).
         assert!(
-            log.contains(&format!("{cfg}{want}")),
-            "{body:?}: message should name {cfg}{want}:\n{log}"
+            log.starts_with(&format!("fwagent: {cfg}{want}: ")),
+            "{body:?}: message should start with {cfg}{want}:\n{log}"
         );
-        assert_eq!(log.lines().count(), 1, "one clear line:\n{log}");
+        assert_eq!(log.matches("fwagent: ").count(), 1, "one message:\n{log}");
         assert!(lab.kernel().is_none(), "a bad config created the table");
     }
     // A missing file names itself.
