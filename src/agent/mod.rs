@@ -37,9 +37,9 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, ConfigError, SourceConfig};
 use crate::control::{Request, Response};
-use crate::detect::{Detector, Key, LocalAddrs, Matcher, Observation, Offence};
+use crate::detect::{Detector, Key, LocalAddrs, Matcher, Observation, Offence, RuleError};
 use crate::duration::Human;
 use crate::follow::{self, Batch, Checkpoint, FollowOptions, SourceHandle, SourceId, StartAt};
 use crate::nft::{self, Applied, Nft, Schema, Target};
@@ -154,6 +154,27 @@ fn kernel_timeout(ban: &state::Ban, now: SystemTime) -> Option<Duration> {
     ban.remaining(now).map(|d| d.max(Duration::from_secs(1)))
 }
 
+/// A rule that does not build (unknown name, bad regex, no `host` capture) is a mistake in
+/// the configuration like any other: turn it into a [`ConfigError`] so the CLI exits with 2,
+/// keeping the `FILE:LINE: key` location and the regex engine's explanation.
+fn rule_config_error(e: RuleError) -> ConfigError {
+    let location = match &e {
+        RuleError::Regex { location, .. }
+        | RuleError::NoHost { location, .. }
+        | RuleError::NoPatterns { location, .. }
+        | RuleError::Unknown { location, .. } => location.clone(),
+    };
+    let text = e.to_string();
+    let mut message = text
+        .strip_prefix(&format!("{location}: "))
+        .unwrap_or(&text)
+        .to_string();
+    if let Some(cause) = std::error::Error::source(&e) {
+        message = format!("{message}: {cause}");
+    }
+    ConfigError::Invalid { location, message }
+}
+
 /// One followed file.
 struct Source {
     path: PathBuf,
@@ -220,7 +241,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
             None
         }
     };
-    let mut detector = Detector::from_config(&cfg, local.clone())?;
+    let mut detector = Detector::from_config(&cfg, local.clone()).map_err(rule_config_error)?;
 
     // The store: a bad file is moved aside inside open(); only a second agent is fatal.
     let store = if opts.dry_run {
