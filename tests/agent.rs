@@ -415,7 +415,7 @@ fn repeat_offenders_get_longer_bans_and_unban_forgives() {
     let mut lab = Lab::new();
     lab.write_config(
         "[firewall]\nprotect = false\n[escalation]\nfactor = 2.0\n\
-         [rules.exim-ratelimit]\nban_time = \"3s\"\n",
+         [rules.exim-ratelimit]\nban_time = \"2s\"\n",
     );
     lab.start_config();
     let a = "198.51.100.11";
@@ -423,7 +423,7 @@ fn repeat_offenders_get_longer_bans_and_unban_forgives() {
     // takes effect after them). That is one ban, not two.
     lab.append_main(&rate_limited(a, 6));
     let first = lab.wait_banned(a);
-    assert_eq!(first.timeout, Some(3));
+    assert_eq!(first.timeout, Some(2));
     lab.wait_hits("exim-ratelimit", 6);
     lab.wait_unbanned(a, SOON);
     // Second offence: twice as long.
@@ -431,11 +431,22 @@ fn repeat_offenders_get_longer_bans_and_unban_forgives() {
     let second = lab.wait_banned(a);
     assert_eq!(
         second.timeout,
-        Some(6),
-        "second ban should be 3 s × 2 (one earlier ban)"
+        Some(4),
+        "second ban should be 2 s × 2 (one earlier ban)"
     );
     let listed = lab.list();
     assert_eq!(listed[0]["times_banned"], 2, "{listed:?}");
+    // The history survives a restart (it is in the store).
+    lab.stop();
+    lab.start_config();
+    lab.wait_unbanned(a, SOON);
+    lab.append_main(&rate_limited(a, 3));
+    let third = lab.wait_banned(a);
+    assert_eq!(
+        third.timeout,
+        Some(8),
+        "third ban should be 2 s × 2² (history kept across the restart)"
+    );
     // Unban through the agent: lifted, and the history is forgiven.
     let r = lab.control(&Request::Unban {
         targets: vec![a.into()],
@@ -443,8 +454,8 @@ fn repeat_offenders_get_longer_bans_and_unban_forgives() {
     assert!(r.ok, "{}", r.message);
     assert!(lab.elem(a).is_none(), "unban did not remove the element");
     lab.append_main(&rate_limited(a, 3));
-    let third = lab.wait_banned(a);
-    assert_eq!(third.timeout, Some(3), "unban should clear the history");
+    let fourth = lab.wait_banned(a);
+    assert_eq!(fourth.timeout, Some(2), "unban should clear the history");
 }
 
 #[test]
