@@ -588,6 +588,10 @@ impl Agent {
             if self.bans.get(&net).is_some_and(|b| b.is_active(now))
                 || records.iter().any(|(r, _, _)| r.target == net)
             {
+                // The detector recorded this offence in the escalation history; no ban
+                // follows, so take it back or the next real ban escalates once per extra
+                // batch of lines (a bot's 14 lines are one ban, not four).
+                self.unrecord_offence(o.key);
                 continue;
             }
             let rule = self.detector.rules()[o.rule].name.clone();
@@ -640,6 +644,21 @@ impl Agent {
                 tracing::error!(error = %e, "history not saved");
             }
             self.bans.insert(ban.target, ban);
+        }
+    }
+
+    /// Removes the newest entry of `key`'s escalation history (the one the detector has just
+    /// recorded for an offence that did not lead to a ban).
+    fn unrecord_offence(&mut self, key: Key) {
+        let Some(times) = self.detector.history_of(key) else {
+            return;
+        };
+        let mut times = times.to_vec();
+        times.pop();
+        if times.is_empty() {
+            self.detector.forget(key);
+        } else {
+            self.detector.restore_history(key, times);
         }
     }
 
