@@ -818,3 +818,58 @@ fn lines_written_after_ready_are_never_skipped() {
         started.len()
     );
 }
+
+#[test]
+fn sighup_schema_change_carries_bans_into_the_new_table() {
+    if !root_or_skip("sighup_schema_change_carries_bans_into_the_new_table") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.start_config();
+    append_sample(&lab);
+    let before = wait_sample_bans(&lab);
+    // Another table name and set size: the agent builds the new table with every ban, then
+    // removes the old one.
+    lab.write_config("[firewall]\nprotect = false\ntable = \"fwagent2\"\nset_size = 4096\n");
+    lab.hup();
+    lab.wait_log("configuration reloaded", 1, SOON);
+    let ok = poll(SOON, || lab.kernel().is_none());
+    assert!(ok, "old table still there:\n{}", lab.log());
+    let after = lab.kernel_table("fwagent2").expect("new table");
+    assert_eq!(as_set(&after), sample_bots());
+    for b in &before {
+        let a = after.iter().find(|a| a.val == b.val).unwrap();
+        assert!(
+            a.expires.unwrap() <= b.expires.unwrap(),
+            "ban restarted: {b:?} → {a:?}"
+        );
+    }
+    let listing = lab.nft(&["list", "set", "inet", "fwagent2", "banned4"]);
+    assert!(listing.contains("size 4096"), "{listing}");
+    // New bans go to the new table.
+    lab.append_main(&rate_limited("203.0.113.9", 3));
+    let ok = poll(SOON, || {
+        lab.kernel_table("fwagent2")
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.val == "203.0.113.9")
+    });
+    assert!(ok, "new ban not in the new table:\n{}", lab.log());
+    // And the new table is the one watched: someone flushes the ruleset → back within 1 s.
+    let t = Instant::now();
+    lab.nft(&["flush", "ruleset"]);
+    let back = poll(Duration::from_secs(15), || {
+        lab.kernel_table("fwagent2").is_some_and(|e| e.len() == 4)
+    });
+    let took = t.elapsed();
+    assert!(back, "renamed table not restored:\n{}", lab.log());
+    println!(
+        "flush after a table rename → restored in {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "renamed table restored only after {took:?} (events still watch the old name?)"
+    );
+}
