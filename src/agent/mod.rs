@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -216,6 +217,8 @@ struct Agent {
     stop_followers: tokio_watch::Sender<bool>,
     calls: mpsc::Receiver<server::Call>,
     table_events: mpsc::Receiver<()>,
+    /// The table name the event watcher looks for (changed by a reload that renames it).
+    watched_table: Arc<RwLock<String>>,
     /// Active bans as the agent knows them, by target network.
     bans: HashMap<IpNet, state::Ban>,
     rule_figures: HashMap<String, RuleFigures>,
@@ -280,8 +283,9 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
     };
 
     let (table_tx, table_events) = mpsc::channel(1);
+    let watched_table = Arc::new(RwLock::new(schema.table.clone()));
     if kernel.is_some()
-        && let Err(e) = watch::start(schema.table.clone(), table_tx)
+        && let Err(e) = watch::start(watched_table.clone(), table_tx)
     {
         tracing::warn!(error = %e, "cannot listen to nftables events; relying on periodic checks");
     }
@@ -305,6 +309,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         stop_followers,
         calls,
         table_events,
+        watched_table,
         bans: HashMap::new(),
         rule_figures: HashMap::new(),
         reinstalls: 0,
@@ -817,6 +822,10 @@ impl Agent {
             tracing::info!(?applied, table = %schema.table, "kernel objects follow the new configuration");
             self.schema = schema;
             self.own = own;
+            *self
+                .watched_table
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = self.schema.table.clone();
             if old_table != self.schema.table {
                 // A new table starts empty: carry every ban over, then drop the old one.
                 self.ensure_bans_present().await;
