@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::agent::{Elem, Lab, SOON, poll, rate_limited, sample_rate_limited};
+use common::agent::{Elem, Lab, SOON, peer, poll, rate_limited, sample_rate_limited};
 use common::netns::root_or_skip;
 use fwagent::control::Request;
 
@@ -79,10 +79,18 @@ fn sample_bots_are_banned_for_24h_and_nobody_else() {
         return;
     }
     let mut lab = Lab::new();
+    let clients = peer(&lab);
+    let bot_pings = || clients.ping(&["-I", "198.51.100.11", "198.51.100.25"]);
+    let client_pings = || clients.ping(&["-I", "203.0.113.20", "203.0.113.25"]);
+    assert!(bot_pings() && client_pings(), "lab network does not work");
     // The embedded default configuration (24 h, 3 hits in 1 h), following our file.
     lab.start_default();
     append_sample(&lab);
     let els = wait_sample_bans(&lab);
+    // The bot's packets are dropped and counted; the legitimate client still gets through.
+    assert!(!bot_pings(), "banned bot still reaches the server");
+    assert!(client_pings(), "legitimate client blocked");
+    assert!(lab.elem("198.51.100.11").unwrap().packets >= 1);
     // Every line was read, and the three bans were the only ones.
     let lines = std::fs::read_to_string("/work/shared/samples/exim4-mainlog")
         .unwrap()
@@ -136,16 +144,20 @@ fn kill9_restart_keeps_kernel_bans_and_resumes_at_checkpoint() {
         return;
     }
     let mut lab = Lab::new();
+    let bot = peer(&lab);
     lab.start_default();
     append_sample(&lab);
     // Two lines of a fourth address: below the threshold of 3.
     lab.append_main(&rate_limited("203.0.113.77", 2));
     wait_sample_bans(&lab);
     lab.wait_hits("exim-ratelimit", 44);
+    // The bot keeps knocking: its element counts dropped packets.
+    assert!(!bot.ping(&["-I", "198.51.100.11", "198.51.100.25"]));
     // The checkpoint is committed by the store thread right after the batch (an fsync);
     // give it a moment before the hard kill.
     std::thread::sleep(Duration::from_millis(500));
     let before = lab.elements();
+    assert!(before.iter().any(|e| e.packets > 0), "{before:?}");
     let t0 = Instant::now();
     lab.kill9();
     // Bans outlive the agent.
@@ -160,6 +172,7 @@ fn kill9_restart_keeps_kernel_bans_and_resumes_at_checkpoint() {
         assert_eq!(b.val, a.val);
         // Same element: same configured timeout, and the clock kept running.
         assert_eq!(a.timeout, b.timeout, "element re-added: {b:?} → {a:?}");
+        assert!(a.packets >= b.packets, "counter reset: {b:?} → {a:?}");
         let (eb, ea) = (b.expires.unwrap(), a.expires.unwrap());
         assert!(
             ea + gone <= eb + SLACK,
@@ -872,4 +885,34 @@ fn sighup_schema_change_carries_bans_into_the_new_table() {
         took < Duration::from_secs(1),
         "renamed table restored only after {took:?} (events still watch the old name?)"
     );
+}
+
+#[test]
+fn teardown_through_the_agent_removes_table_and_bans_and_stops_it() {
+    if !root_or_skip("teardown_through_the_agent_removes_table_and_bans_and_stops_it") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    append_sample(&lab);
+    wait_sample_bans(&lab);
+    let r = lab.control(&Request::Teardown);
+    assert!(r.ok, "{}", r.message);
+    assert!(
+        r.message.contains("removed table inet fwagent"),
+        "{}",
+        r.message
+    );
+    let st = lab.wait_exit(SOON);
+    assert!(st.success(), "{st}:\n{}", lab.log());
+    lab.reap();
+    assert!(lab.kernel().is_none(), "table still there after teardown");
+    assert!(
+        !fwagent::control::socket_path(&lab.state_dir()).exists(),
+        "control socket left behind"
+    );
+    // The bans are gone from the store too: a new start restores nothing.
+    lab.start_default();
+    assert!(lab.elements().is_empty(), "{:?}", lab.banned());
+    assert!(lab.list().is_empty());
 }

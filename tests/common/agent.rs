@@ -504,3 +504,18 @@ pub fn rate_limited(addr: &str, n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// A second namespace joined to the lab's by a veth pair: the lab side holds the Exim
+/// server's IPv4 addresses (local to the agent), the peer side a bot's (198.51.100.11) and
+/// the legitimate client's (203.0.113.20). Dropped (deleted) by the caller.
+pub fn peer(lab: &Lab) -> NetNs {
+    let peer = NetNs::new();
+    super::netns::veth(&lab.ns, "srv0", &peer, "cli0");
+    lab.ns
+        .ip(&["addr", "add", "198.51.100.25/24", "dev", "srv0"]);
+    lab.ns
+        .ip(&["addr", "add", "203.0.113.25/24", "dev", "srv0"]);
+    peer.ip(&["addr", "add", "198.51.100.11/24", "dev", "cli0"]);
+    peer.ip(&["addr", "add", "203.0.113.20/24", "dev", "cli0"]);
+    peer
+}
