@@ -846,6 +846,8 @@ impl Agent {
                 .filter_map(|s| s.checkpoint.clone().map(|c| (s.path.clone(), c)))
                 .collect();
             self.start_sources(cps);
+            // As at start-up: new followers take their position before "reloaded".
+            tokio::task::yield_now().await;
         } else {
             // Same files, new rules: keep the followers, rebuild the matchers.
             for s in &mut self.sources {
