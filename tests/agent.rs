@@ -1057,3 +1057,38 @@ fn sighup_adding_an_sshd_source_bans_its_bots() {
     ];
     assert_eq!(lab.banned(), want);
 }
+
+#[test]
+fn sighup_ipv6_prefix_change_neither_widens_nor_loses_bans() {
+    if !root_or_skip("sighup_ipv6_prefix_change_neither_widens_nor_loses_bans") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.start_config();
+    append_sample(&lab);
+    wait_sample_bans(&lab);
+    lab.write_config("[firewall]\nprotect = false\nipv6_prefix = 48\n");
+    lab.hup();
+    lab.wait_log("configuration reloaded", 1, SOON);
+    // The /64 ban stays a /64 (as a network), it does not become 2001:db8::/48.
+    let ok = poll(SOON, || {
+        lab.banned() == ["198.51.100.11", "198.51.100.12", "2001:db8:25::/64"]
+    });
+    assert!(ok, "kernel after prefix change: {:?}", lab.banned());
+    // New IPv6 offenders are banned by /48.
+    lab.append_main(&rate_limited("2001:db8:99:1::7", 3));
+    let e = lab.wait_banned("2001:db8:99::");
+    assert_eq!(e.set, "banned6");
+    // Unbanning the bot's address lifts the /64 ban that covers it.
+    let r = lab.control(&Request::Unban {
+        targets: vec!["2001:db8:25::66".into()],
+    });
+    assert!(r.ok, "{}", r.message);
+    assert!(
+        lab.elem("2001:db8:25::/64").is_none(),
+        "unban of an address in a /64 ban after the prefix became 48: {} — kernel {:?}",
+        r.message,
+        lab.banned()
+    );
+}
