@@ -1024,6 +1024,12 @@ impl Agent {
                     if let Ok(p) = Ipv6Net::new(a, self.schema.ipv6_prefix) {
                         nets.push(IpNet::V6(p.trunc()));
                     }
+                    // A ban made under an earlier ipv6_prefix (before a reload) covers the
+                    // address by another prefix length: lift prefix bans (≥ /48, the
+                    // narrowest setting) that hold it, but not wider manual networks.
+                    nets.extend(self.bans.keys().filter(
+                        |n| matches!(n, IpNet::V6(p) if p.prefix_len() >= 48 && p.contains(&a)),
+                    ));
                 }
                 Ok(t) => nets.push(target_net(t, self.schema.ipv6_prefix)),
                 Err(e) => return Response::err(format!("{e}; nothing was unbanned")),
