@@ -717,35 +717,61 @@ fn kernel_bans_made_while_no_agent_ran_are_adopted_as_manual() {
     let cfg = lab.write_config("").display().to_string();
     lab.start_config();
     lab.stop();
-    // While no agent runs: one ban with nft, one with the CLI.
-    lab.nft(&[
-        "add",
-        "element",
-        "inet",
-        "fwagent",
-        "banned4",
-        "{ 198.51.100.44 timeout 1h }",
-    ]);
+    // While no agent runs: bans with nft in every set, and one with the CLI.
+    for (set, elem) in [
+        ("banned4", "{ 198.51.100.44 timeout 1h }"),
+        ("banned4", "{ 198.51.100.46 }"),
+        ("nets4", "{ 198.18.0.0/16 timeout 1h }"),
+        ("banned6", "{ 2001:db8:7:: timeout 1h }"),
+        ("banned6x", "{ 2001:db8:8::1 timeout 1h }"),
+    ] {
+        lab.nft(&["add", "element", "inet", "fwagent", set, elem]);
+    }
     lab.ns.fwagent_ok(
         &[],
         &["ban", "--config", &cfg, "198.51.100.45", "--for", "2h"],
     );
     let before = lab.elements();
-    let t0 = SystemTime::now();
+    let t0 = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     lab.start_config();
-    assert_eq!(lab.log_count("adopted a ban"), 2, "{}", lab.log());
+    assert_eq!(lab.log_count("adopted a ban"), 6, "{}", lab.log());
     let list = lab.list();
-    assert_eq!(list.len(), 2, "{list:?}");
-    for (b, secs) in list.iter().zip([3600u64, 7200]) {
-        assert_eq!(b["rule"], "manual");
-        let now = t0.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-        let left = b["expires_at_unix"].as_u64().unwrap() - now;
-        assert!(left.abs_diff(secs) <= 5, "{b}: {left} s left");
+    let got: Vec<(String, Option<u64>)> = list
+        .iter()
+        .map(|b| {
+            assert_eq!(b["rule"], "manual", "{b}");
+            let left = b["expires_at_unix"].as_u64().map(|e| e - t0);
+            (b["target"].as_str().unwrap().to_string(), left)
+        })
+        .collect();
+    let want = [
+        ("198.18.0.0/16", Some(3600)),
+        ("198.51.100.44/32", Some(3600)),
+        ("198.51.100.45/32", Some(7200)),
+        ("198.51.100.46/32", None),
+        ("2001:db8:7::/64", Some(3600)),
+        ("2001:db8:8::1/128", Some(3600)),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for ((t, left), (wt, wleft)) in got.iter().zip(want) {
+        assert_eq!(t, wt);
+        match (left, wleft) {
+            (Some(l), Some(w)) => assert!(l.abs_diff(w) <= 5, "{t}: {l} s left, want {w}"),
+            (l, w) => assert_eq!(*l, w, "{t}"),
+        }
     }
     // Adopted, not re-added: the kernel elements are the same ones.
     for (b, a) in before.iter().zip(lab.elements().iter()) {
         assert_eq!((&a.val, a.timeout), (&b.val, b.timeout));
     }
+    // Known from now on: another restart adopts nothing and keeps them.
+    lab.stop();
+    lab.start_config();
+    assert_eq!(lab.log_count("adopted a ban"), 0, "{}", lab.log());
+    assert_eq!(lab.list().len(), 6);
     // And the restarted agent owns the table again.
     let out = lab
         .ns
@@ -1176,4 +1202,90 @@ fn cli_commands_go_through_the_running_agent() {
     assert!(out.status.success());
     assert!(lab.list().is_empty());
     assert!(lab.elem("198.51.100.50").is_none());
+}
+
+#[test]
+fn a_burst_of_15000_lines_bans_all_5000_offenders() {
+    if !root_or_skip("a_burst_of_15000_lines_bans_all_5000_offenders") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    // 5,000 addresses from 198.18.0.0/15, three lines each, interleaved (every address's
+    // first line, then every second, then every third), appended in one write.
+    let addrs: Vec<String> = (0..5000u32)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let mut lines = Vec::with_capacity(15_000);
+    for round in 0..3 {
+        for a in &addrs {
+            lines.push(rate_limited(a, 1)[0].replace("user0", &format!("user{round}")));
+        }
+    }
+    let t = Instant::now();
+    lab.append_main(&lines);
+    let mut n = 0;
+    let ok = poll(Duration::from_secs(60), || {
+        n = lab.status()["active_bans"].as_u64().unwrap_or(0);
+        n == 5000
+    });
+    let took = t.elapsed();
+    assert!(ok, "{n} of 5000 banned after {took:?}:\n{}", lab.log());
+    let els = lab.elements();
+    assert_eq!(els.len(), 5000);
+    let want: BTreeSet<&str> = addrs.iter().map(String::as_str).collect();
+    let got: BTreeSet<&str> = els.iter().map(|e| e.val.as_str()).collect();
+    assert_eq!(got, want);
+    assert!(els.iter().all(|e| e.timeout == Some(DAY)));
+    assert_eq!(lab.source_lines(), 15_000);
+    assert_eq!(lab.status()["kernel_errors"], 0);
+    println!(
+        "burst: 15,000 lines → 5,000 bans in the kernel in {:.0} ms (debug build, incl. polling)",
+        took.as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+fn garbage_huge_and_odd_lines_ban_nobody_and_do_not_stop_the_agent() {
+    if !root_or_skip("garbage_huge_and_odd_lines_ban_nobody_and_do_not_stop_the_agent") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.start_default();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(lab.mainlog())
+        .unwrap();
+    let good = rate_limited("198.51.100.13", 1)[0].clone();
+    let mut junk: Vec<u8> = Vec::new();
+    for _ in 0..5 {
+        // Invalid UTF-8 and NULs around a real line's text.
+        junk.extend_from_slice(b"\xff\xfe\x00garbage \xc3\x28 ");
+        junk.extend_from_slice(good.as_bytes());
+        junk.extend_from_slice(b" \xff\n");
+        // A line far over the 16 KiB limit whose end would match: cut, so never counted.
+        junk.extend_from_slice(
+            good.replace("Rate limited", &"x".repeat(100_000))
+                .as_bytes(),
+        );
+        junk.extend_from_slice(b" Rate limited: 198.51.100.13\n");
+        // Odd address forms: leading zeros, out of range, a name, an empty bracket.
+        for host in ["198.051.100.13", "198.51.100.300", "mail.example", ""] {
+            junk.extend_from_slice(
+                format!(
+                    "2026-12-03 16:13:58 H=(x) [{host}] F=<a@b> rejected RCPT <c@d>: Rate limited: {host}\n"
+                )
+                .as_bytes(),
+            );
+        }
+        junk.extend_from_slice(b"\n\n\r\n");
+    }
+    std::io::Write::write_all(&mut f, &junk).unwrap();
+    // A real bot afterwards: once it is banned, everything before was read.
+    lab.append_main(&rate_limited("198.51.100.11", 3));
+    lab.wait_banned("198.51.100.11");
+    assert_eq!(lab.banned(), ["198.51.100.11"], "{}", lab.log());
+    assert!(lab.try_wait().is_none(), "agent died");
+    let st = lab.status();
+    assert!(st["sources"][0]["lines_cut"].as_u64().unwrap() >= 5, "{st}");
 }
