@@ -221,8 +221,11 @@ fn reboot_restores_bans_with_remaining_time() {
         force: false,
     });
     assert!(r.ok, "{}", r.message);
-    let manual = lab.wait_banned("198.51.100.99");
+    lab.wait_banned("198.51.100.99");
+    // What the kernel says just before the "reboot", and when.
+    let before = lab.elements();
     let t0 = Instant::now();
+    assert_eq!(before.len(), auto.len() + 1);
     lab.stop();
     // With the agent gone the kernel dropped the owner flag (persist keeps the table), so
     // anyone may delete it now: that is our "reboot".
@@ -230,19 +233,22 @@ fn reboot_restores_bans_with_remaining_time() {
     assert!(lab.kernel().is_none());
     std::thread::sleep(Duration::from_secs(3));
     lab.start_default();
-    let passed = elapsed_secs(t0);
     let after = lab.elements();
+    let passed = t0.elapsed().as_secs_f64();
     assert!(lab.log().contains("restored bans"), "{}", lab.log());
     let mut want = sample_bots();
     want.insert(("banned4".into(), "198.51.100.99".into()));
     assert_eq!(as_set(&after), want);
-    for b in auto.iter().chain([&manual]) {
+    let mut worst: f64 = 0.0;
+    for b in &before {
         let a = after.iter().find(|a| a.val == b.val).unwrap();
-        let expected = b.expires.unwrap().saturating_sub(passed);
-        let got = a.expires.unwrap();
+        // nft prints whole seconds: each reading is up to 1 s low.
+        let expected = b.expires.unwrap() as f64 - passed;
+        let got = a.expires.unwrap() as f64;
+        worst = worst.max((got - expected).abs());
         assert!(
-            got.abs_diff(expected) <= SLACK,
-            "{}: remaining {got} s, expected {expected} ± {SLACK} (was {} s {passed} s ago)",
+            (got - expected).abs() <= SLACK as f64,
+            "{}: remaining {got} s, expected {expected:.1} ± {SLACK} (was {} s {passed:.1} s ago)",
             b.val,
             b.expires.unwrap()
         );
@@ -250,7 +256,7 @@ fn reboot_restores_bans_with_remaining_time() {
         assert!(a.timeout.unwrap() < b.timeout.unwrap(), "{b:?} → {a:?}");
     }
     println!(
-        "reboot: {} bans restored after {passed} s down; remaining times within ±{SLACK} s",
+        "reboot: {} bans restored after {passed:.1} s down; remaining time off by at most {worst:.1} s",
         after.len()
     );
 }
