@@ -495,21 +495,43 @@ fn dry_run_touches_neither_kernel_nor_state() {
     lab.start(&["-c", &cfg, "--dry-run"]);
     append_sample(&lab);
     lab.wait_log("would ban", 3, SOON);
+    // The bot goes on in a later batch: a real run would have banned it already.
+    lab.append_main(&rate_limited("198.51.100.11", 3));
+    // A marker bot last: once it is reported, every earlier line was processed.
+    lab.append_main(&rate_limited("203.0.113.9", 3));
+    lab.wait_log("203.0.113.9/32", 1, SOON);
     let log = lab.log();
-    for bot in ["198.51.100.11/32", "198.51.100.12/32", "2001:db8:25::/64"] {
+    // Each bot once, for what a real run would give it (1 day, first offence): the
+    // sample's 14 lines per bot are one ban, not four escalating ones.
+    for bot in [
+        "198.51.100.11/32",
+        "198.51.100.12/32",
+        "2001:db8:25::/64",
+        "203.0.113.9/32",
+    ] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("would ban") && l.contains(bot))
+            .collect();
+        assert_eq!(lines.len(), 1, "{bot}:\n{log}");
         assert!(
-            log.lines()
-                .any(|l| l.contains("would ban") && l.contains(bot)),
-            "{bot}:\n{log}"
+            lines[0].contains("duration=1d") && lines[0].contains("repeat=0"),
+            "{}",
+            lines[0]
         );
     }
-    assert_eq!(lab.log_count("would ban"), 3);
+    assert_eq!(lab.log_count("would ban"), 4, "{log}");
     assert_eq!(lab.elements().len(), before_els.len());
     let after_els = lab.elements();
     for (b, a) in before_els.iter().zip(&after_els) {
         assert_eq!((&a.val, a.timeout), (&b.val, b.timeout));
     }
     lab.stop();
+    assert!(
+        lab.log().contains("dry run: nothing was banned"),
+        "{}",
+        lab.log()
+    );
     // Same ruleset except the running expiry clocks.
     let strip = |s: &str| {
         s.split("\"expires\": ")
