@@ -533,10 +533,17 @@ impl Agent {
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
         }
-        tracing::info!(
-            bans = self.bans.len(),
-            "fwagent stopped; bans stay in the kernel"
-        );
+        if self.opts.dry_run {
+            tracing::info!(
+                would_ban = self.bans.len(),
+                "fwagent stopped (dry run: nothing was banned)"
+            );
+        } else {
+            tracing::info!(
+                bans = self.bans.len(),
+                "fwagent stopped; bans stay in the kernel"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -633,6 +640,9 @@ impl Agent {
             };
             if self.opts.dry_run {
                 tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "would ban (dry run)");
+                // Remember it as banned (in memory only), so later lines of the same bot
+                // are skipped as in a real run instead of "escalating" again and again.
+                self.bans.insert(ban.target, ban);
                 continue;
             }
             tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "banned");
