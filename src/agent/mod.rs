@@ -1080,7 +1080,11 @@ impl Agent {
             uptime_secs: self.started.elapsed().as_secs(),
             dry_run: self.opts.dry_run,
             table_owned: self.own,
-            active_bans: self.bans.len(),
+            // Expired bans stay in the mirror until the hourly prune: do not count them.
+            active_bans: {
+                let now = SystemTime::now();
+                self.bans.values().filter(|b| b.is_active(now)).count()
+            },
             reinstalls: self.reinstalls,
             kernel_errors: self.kernel_errors,
             last_ban: self.last_ban.clone(),
