@@ -1335,3 +1335,64 @@ fn garbage_huge_and_odd_lines_ban_nobody_and_do_not_stop_the_agent() {
     let st = lab.status();
     assert!(st["sources"][0]["lines_cut"].as_u64().unwrap() >= 5, "{st}");
 }
+
+/// The kernel refuses to add the owner flag to an existing table that was created without
+/// owner+persist ("could not take ownership ... creating table"): the agent keeps a table it
+/// does not own while its status says `table_owned: true`. Needs the kernel layer to rebuild
+/// the table with the flags (carrying the bans, one batch) — ignored until it does.
+#[test]
+#[ignore = "nft::apply cannot claim a table created without owner+persist"]
+fn sighup_switching_protection_on_and_off() {
+    if !root_or_skip("sighup_switching_protection_on_and_off") {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.start_config();
+    append_sample(&lab);
+    let before = wait_sample_bans(&lab);
+    // On: the agent takes ownership of its existing table, bans untouched.
+    lab.write_config("[firewall]\nprotect = true\n");
+    lab.hup();
+    lab.wait_log("configuration reloaded", 1, SOON);
+    assert_eq!(lab.status()["table_owned"], true, "{}", lab.log());
+    let listing = lab.nft(&["list", "table", "inet", "fwagent"]);
+    assert!(listing.contains("flags owner"), "{listing}");
+    let after = lab.elements();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&a.val, a.timeout), (&b.val, b.timeout), "ban replaced");
+    }
+    lab.nft(&["flush", "ruleset"]);
+    assert_eq!(as_set(&lab.elements()), sample_bots());
+    assert_eq!(lab.status()["reinstalls"], 0);
+    // Off again: a flush removes the table and the agent puts it back.
+    lab.write_config("[firewall]\nprotect = false\n");
+    lab.hup();
+    lab.wait_log("configuration reloaded", 2, SOON);
+    assert_eq!(lab.status()["table_owned"], false, "{}", lab.log());
+    let took = flush_and_time(&lab, "fwagent", 1)[0];
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(lab.status()["reinstalls"].as_u64().unwrap() >= 1);
+}
+
+/// After a reboot an admin's `fwagent ban` (no agent yet) creates the table without owner
+/// flags; the agent started next must still end up owning it. Same cause as above.
+#[test]
+#[ignore = "nft::apply cannot claim a table created without owner+persist"]
+fn agent_owns_a_table_the_cli_created() {
+    if !root_or_skip("agent_owns_a_table_the_cli_created") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cfg = lab.write_config("").display().to_string();
+    lab.ns.fwagent_ok(
+        &[],
+        &["ban", "--config", &cfg, "198.51.100.45", "--for", "2h"],
+    );
+    lab.start_config();
+    assert_eq!(lab.status()["table_owned"], true);
+    let listing = lab.nft(&["list", "table", "inet", "fwagent"]);
+    assert!(listing.contains("flags owner"), "not owned:\n{}", lab.log());
+    lab.nft(&["flush", "ruleset"]);
+    assert_eq!(lab.banned(), ["198.51.100.45"]);
+}
