@@ -160,8 +160,11 @@ fn kill9_restart_keeps_kernel_bans_and_resumes_at_checkpoint() {
     assert!(before.iter().any(|e| e.packets > 0), "{before:?}");
     let t0 = Instant::now();
     lab.kill9();
-    // Bans outlive the agent.
+    // Bans outlive the agent: the table has persist, and the kernel cleared its owner flag
+    // when the owning socket died (so a restarted agent can claim it again).
     assert_eq!(as_set(&lab.elements()), sample_bots());
+    let listing = lab.nft(&["list", "table", "inet", "fwagent"]);
+    assert!(!listing.contains("owner"), "{listing}");
     // Let time pass so a re-added element (expiry reset) would show.
     std::thread::sleep(Duration::from_secs(3));
     lab.start_default();
