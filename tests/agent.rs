@@ -681,6 +681,29 @@ fn control_socket_ban_unban_status_and_refusals() {
         .ip(&["addr", "add", "198.51.100.77/24", "dev", "fw0"]);
     lab.write_config("[ban]\nallow = [\"203.0.113.20\"]\n");
     let pid = lab.start_config();
+    // Root only: the socket file is mode 0600, owned by root.
+    let sock = fwagent::control::socket_path(&lab.state_dir());
+    let meta = std::fs::metadata(&sock).expect("control socket");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), 0);
+    // A garbage request gets a clear refusal, and the agent carries on.
+    {
+        use std::io::{BufRead, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(SOON)).unwrap();
+        c.write_all(b"\xff{not json\n").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(c).read_line(&mut answer).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["ok"], false, "{answer}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("unreadable request")
+        );
+    }
     let ban = |t: &str, seconds: Option<u64>, force: bool| {
         lab.control(&Request::Ban {
             targets: vec![t.into()],
