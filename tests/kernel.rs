@@ -256,7 +256,10 @@ fn ipv6_prefix_ban_covers_the_whole_64() {
     let out = host.fwagent_ok(&[], &["ban", "2001:db8:1::3"]);
     assert!(out.contains("2001:db8:1::3/128"), "{out}");
     let st = json(&host, &[], &["status", "--json"]);
-    assert_eq!((set_count(&st, "banned6"), set_count(&st, "banned6x")), (0, 1));
+    assert_eq!(
+        (set_count(&st, "banned6"), set_count(&st, "banned6x")),
+        (0, 1)
+    );
     assert!(!peer.ping(&["-6", "-I", "2001:db8:1::3", "2001:db8:1::1"]));
     assert!(peer.ping(&["-6", "-I", "2001:db8:1::2", "2001:db8:1::1"]));
     host.fwagent_ok(&[], &["unban", "2001:db8:1::3/128"]);

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -36,15 +37,16 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, ConfigError, SourceConfig};
 use crate::control::{Request, Response};
-use crate::detect::{Detector, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence};
+use crate::detect::{
+    Detector, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence, RuleError,
+};
 use crate::duration::Human;
 use crate::follow::{self, Batch, Checkpoint, FollowOptions, SourceHandle, SourceId, StartAt};
 use crate::nft::{self, Applied, Nft, Schema, Target};
 use crate::state::{self, Committer, Store, Txn};
 use kernel::{KernelBan, KernelHandle};
-use std::sync::Arc;
 
 /// The rule `--log PATH` applies (the embedded default's rule).
 pub const DEFAULT_RULE: &str = "exim-ratelimit";
@@ -198,6 +200,27 @@ fn kernel_timeout(ban: &state::Ban, now: SystemTime) -> Option<Duration> {
     ban.remaining(now).map(|d| d.max(Duration::from_secs(1)))
 }
 
+/// A rule that does not build (unknown name, bad regex, no `host` capture) is a mistake in
+/// the configuration like any other: turn it into a [`ConfigError`] so the CLI exits with 2,
+/// keeping the `FILE:LINE: key` location and the regex engine's explanation.
+fn rule_config_error(e: RuleError) -> ConfigError {
+    let location = match &e {
+        RuleError::Regex { location, .. }
+        | RuleError::NoHost { location, .. }
+        | RuleError::NoPatterns { location, .. }
+        | RuleError::Unknown { location, .. } => location.clone(),
+    };
+    let text = e.to_string();
+    let mut message = text
+        .strip_prefix(&format!("{location}: "))
+        .unwrap_or(&text)
+        .to_string();
+    if let Some(cause) = std::error::Error::source(&e) {
+        message = format!("{message}: {cause}");
+    }
+    ConfigError::Invalid { location, message }
+}
+
 /// One followed file.
 struct Source {
     path: PathBuf,
@@ -241,6 +264,8 @@ struct Agent {
     stop_followers: tokio_watch::Sender<bool>,
     calls: mpsc::Receiver<server::Call>,
     table_events: mpsc::Receiver<()>,
+    /// The table name the event watcher looks for (changed by a reload that renames it).
+    watched_table: Arc<RwLock<String>>,
     /// Active bans as the agent knows them, by target network.
     bans: HashMap<IpNet, state::Ban>,
     rule_figures: HashMap<String, RuleFigures>,
@@ -266,7 +291,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
             None
         }
     };
-    let mut detector = Detector::from_config(&cfg, local.clone())?;
+    let mut detector = Detector::from_config(&cfg, local.clone()).map_err(rule_config_error)?;
 
     // The store: a bad file is moved aside inside open(); only a second agent is fatal.
     let store = if opts.dry_run {
@@ -306,8 +331,9 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
     };
 
     let (table_tx, table_events) = mpsc::channel(1);
+    let watched_table = Arc::new(RwLock::new(schema.table.clone()));
     if kernel.is_some()
-        && let Err(e) = watch::start(schema.table.clone(), table_tx)
+        && let Err(e) = watch::start(watched_table.clone(), table_tx)
     {
         tracing::warn!(error = %e, "cannot listen to nftables events; relying on periodic checks");
     }
@@ -332,6 +358,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         stop_followers,
         calls,
         table_events,
+        watched_table,
         bans: HashMap::new(),
         rule_figures: HashMap::new(),
         reinstalls: 0,
@@ -348,6 +375,10 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         agent.bind_control()?;
     }
     agent.start_sources(checkpoints);
+    // A follower takes its position (the end of the file, on a first start) when its task
+    // first runs, not when it is spawned. Let every follower task run once before READY, or
+    // lines written just after READY would count as "before the end" and be skipped.
+    tokio::task::yield_now().await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         table = %agent.schema.table,
@@ -560,10 +591,17 @@ impl Agent {
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
         }
-        tracing::info!(
-            bans = self.bans.len(),
-            "fwagent stopped; bans stay in the kernel"
-        );
+        if self.opts.dry_run {
+            tracing::info!(
+                would_ban = self.bans.len(),
+                "fwagent stopped (dry run: nothing was banned)"
+            );
+        } else {
+            tracing::info!(
+                bans = self.bans.len(),
+                "fwagent stopped; bans stay in the kernel"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -582,7 +620,8 @@ impl Agent {
             src.matcher.candidates(line.bytes, &mut ids);
             for &id in &ids {
                 match self.detector.observe_detail(id, line.bytes, now) {
-                    Observation::Counted { .. } => hits[id] += 1,
+                    // A line from an address banned right now still matched the rule.
+                    Observation::Counted { .. } | Observation::Banned { .. } => hits[id] += 1,
                     Observation::Offence(o) => {
                         hits[id] += 1;
                         offences.push(o);
@@ -616,10 +655,14 @@ impl Agent {
         let mut records: Vec<(state::Ban, Key, u32)> = Vec::new();
         for o in offences {
             let net = o.key.net();
-            // Lines already on their way when the ban went in: nothing to do.
+            // Already banned. The detector does not count lines of keys it knows are banned,
+            // so this is a safety net (e.g. a key banned under another form); it recorded
+            // the offence in the escalation history, and no ban follows: take it back, or
+            // the next real ban would escalate once per extra batch of lines.
             if self.bans.get(&net).is_some_and(|b| b.is_active(now))
                 || records.iter().any(|(r, _, _)| r.target == net)
             {
+                self.detector.unrecord(o.key);
                 continue;
             }
             let rule = self.detector.rules()[o.rule].name.clone();
@@ -656,6 +699,9 @@ impl Agent {
             };
             if self.opts.dry_run {
                 tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "would ban (dry run)");
+                // Remember it as banned (in memory only), so later lines of the same bot
+                // are skipped as in a real run instead of "escalating" again and again.
+                self.bans.insert(ban.target, ban);
                 continue;
             }
             tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "banned");
@@ -835,6 +881,10 @@ impl Agent {
             tracing::info!(?applied, table = %schema.table, "kernel objects follow the new configuration");
             self.schema = schema;
             self.own = own;
+            *self
+                .watched_table
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = self.schema.table.clone();
             if old_table != self.schema.table {
                 // A new table starts empty: carry every ban over, then drop the old one.
                 self.ensure_bans_present().await;
@@ -855,6 +905,8 @@ impl Agent {
                 .filter_map(|s| s.checkpoint.clone().map(|c| (s.path.clone(), c)))
                 .collect();
             self.start_sources(cps);
+            // As at start-up: new followers take their position before "reloaded".
+            tokio::task::yield_now().await;
         } else {
             // Same files, new rules: keep the followers, rebuild the matchers.
             for s in &mut self.sources {
@@ -1010,6 +1062,12 @@ impl Agent {
                     if let Ok(p) = Ipv6Net::new(a, self.schema.ipv6_prefix) {
                         nets.push(IpNet::V6(p.trunc()));
                     }
+                    // A ban made under an earlier ipv6_prefix (before a reload) covers the
+                    // address by another prefix length: lift prefix bans (≥ /48, the
+                    // narrowest setting) that hold it, but not wider manual networks.
+                    nets.extend(self.bans.keys().filter(
+                        |n| matches!(n, IpNet::V6(p) if p.prefix_len() >= 48 && p.contains(&a)),
+                    ));
                 }
                 Ok(t) => nets.push(target_net(t, self.schema.ipv6_prefix)),
                 Err(e) => return Response::err(format!("{e}; nothing was unbanned")),
@@ -1050,7 +1108,11 @@ impl Agent {
             uptime_secs: self.started.elapsed().as_secs(),
             dry_run: self.opts.dry_run,
             table_owned: self.own,
-            active_bans: self.bans.len(),
+            // Expired bans stay in the mirror until the hourly prune: do not count them.
+            active_bans: {
+                let now = SystemTime::now();
+                self.bans.values().filter(|b| b.is_active(now)).count()
+            },
             reinstalls: self.reinstalls,
             kernel_errors: self.kernel_errors,
             last_ban: self.last_ban.clone(),

@@ -6,6 +6,8 @@
 //! without parsing further. If the socket overflows (ENOBUFS) we may have missed a deletion,
 //! so that also asks for a check. The agent's periodic generation check is the safety net.
 
+use std::sync::{Arc, RwLock};
+
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use tokio::sync::mpsc;
 
@@ -23,8 +25,9 @@ const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 /// Starts the watcher thread. Every relevant event sends a unit on `tx` (coalesced: the
-/// channel has room for one pending check).
-pub fn start(table: String, tx: mpsc::Sender<()>) -> std::io::Result<()> {
+/// channel has room for one pending check). `table` is shared with the agent, which renames
+/// it when a reload moves the bans to another table.
+pub fn start(table: Arc<RwLock<String>>, tx: mpsc::Sender<()>) -> std::io::Result<()> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind(&SocketAddr::new(0, 0))?;
     sock.add_membership(NFNLGRP_NFTABLES)?;
@@ -36,7 +39,7 @@ pub fn start(table: String, tx: mpsc::Sender<()>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(sock: Socket, table: String, tx: mpsc::Sender<()>) {
+fn run(sock: Socket, table: Arc<RwLock<String>>, tx: mpsc::Sender<()>) {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match sock.recv(&mut &mut buf[..], 0) {
@@ -54,8 +57,12 @@ fn run(sock: Socket, table: String, tx: mpsc::Sender<()>) {
                 return;
             }
         };
-        if touches_table(&buf[..n], table.as_bytes()) && tx.try_send(()).is_err() && tx.is_closed()
-        {
+        // Read the name per datagram: after a rename, deletions of the new table count.
+        let ours = {
+            let name = table.read().unwrap_or_else(|e| e.into_inner());
+            touches_table(&buf[..n], name.as_bytes())
+        };
+        if ours && tx.try_send(()).is_err() && tx.is_closed() {
             return;
         }
     }

@@ -141,6 +141,16 @@ impl History {
         self.bans.get(&key).map(Vec::as_slice)
     }
 
+    /// Takes back the newest ban time of `key` (an offence that led to no ban).
+    pub fn unrecord(&mut self, key: Key) {
+        if let Some(v) = self.bans.get_mut(&key) {
+            v.pop();
+            if v.is_empty() {
+                self.bans.remove(&key);
+            }
+        }
+    }
+
     /// Restores the ban times of `key` from disk.
     pub fn restore(&mut self, key: Key, mut times: Vec<u64>) {
         times.sort_unstable();

@@ -291,6 +291,12 @@ impl Detector {
         self.history.times(key)
     }
 
+    /// Takes back the history entry of an offence that led to no ban (the agent found the
+    /// key already banned under another form).
+    pub fn unrecord(&mut self, key: Key) {
+        self.history.unrecord(key);
+    }
+
     /// Restores the ban times of `key` read from the store.
     pub fn restore_history(&mut self, key: Key, times: Vec<u64>) {
         self.history.restore(key, times);
