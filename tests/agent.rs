@@ -1370,11 +1370,9 @@ fn garbage_huge_and_odd_lines_ban_nobody_and_do_not_stop_the_agent() {
 }
 
 /// The kernel refuses to add the owner flag to an existing table that was created without
-/// owner+persist ("could not take ownership ... creating table"): the agent keeps a table it
-/// does not own while its status says `table_owned: true`. Needs the kernel layer to rebuild
-/// the table with the flags (carrying the bans, one batch) — ignored until it does.
+/// it, so switching protection on rebuilds the table owned, in one batch carrying every ban
+/// with its remaining time.
 #[test]
-#[ignore = "nft::apply cannot claim a table created without owner+persist"]
 fn sighup_switching_protection_on_and_off() {
     if !root_or_skip("sighup_switching_protection_on_and_off") {
         return;
@@ -1384,7 +1382,7 @@ fn sighup_switching_protection_on_and_off() {
     lab.start_config();
     append_sample(&lab);
     let before = wait_sample_bans(&lab);
-    // On: the agent takes ownership of its existing table, bans untouched.
+    // On: the agent takes ownership of its table, bans carried with their remaining time.
     lab.write_config("[firewall]\nprotect = true\n");
     lab.hup();
     lab.wait_log("configuration reloaded", 1, SOON);
@@ -1392,8 +1390,14 @@ fn sighup_switching_protection_on_and_off() {
     let listing = lab.nft(&["list", "table", "inet", "fwagent"]);
     assert!(listing.contains("flags owner"), "{listing}");
     let after = lab.elements();
+    assert_eq!(after.len(), before.len());
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!((&a.val, a.timeout), (&b.val, b.timeout), "ban replaced");
+        assert_eq!(a.val, b.val, "ban replaced");
+        let (ta, tb) = (a.timeout.unwrap_or(0), b.timeout.unwrap_or(0));
+        assert!(
+            tb.abs_diff(ta) <= 5,
+            "remaining time not carried: {b:?} -> {a:?}"
+        );
     }
     lab.nft(&["flush", "ruleset"]);
     assert_eq!(as_set(&lab.elements()), sample_bots());
@@ -1411,7 +1415,6 @@ fn sighup_switching_protection_on_and_off() {
 /// After a reboot an admin's `fwagent ban` (no agent yet) creates the table without owner
 /// flags; the agent started next must still end up owning it. Same cause as above.
 #[test]
-#[ignore = "nft::apply cannot claim a table created without owner+persist"]
 fn agent_owns_a_table_the_cli_created() {
     if !root_or_skip("agent_owns_a_table_the_cli_created") {
         return;

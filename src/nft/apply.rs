@@ -62,18 +62,31 @@ impl Nft {
                     None,
                 ));
             }
-            if flags != 0 && !owned {
-                // Re-claim an orphaned persistent table (or claim a CLI-made one).
+            let ours = owned && current.owner == self.sock.port_id();
+            if flags != 0 && owned || flags == 0 && !ours {
+                return Ok(Applied::Unchanged);
+            }
+            if flags == 0 {
+                // Protection switched off: the owner flag cannot be cleared in place either,
+                // so rebuild our own table unowned (bans carried) and fall through.
+                tracing::info!(table = %s.table, "giving up ownership: rebuilding the table unowned");
+            } else {
+                // Re-claim an orphaned persistent table. A table created without the owner flag
+                // (by the CLI, or by an agent with protection off) cannot be given it in place:
+                // then rebuild it owned, in one batch that carries every ban.
                 let mut b = self.batch();
                 let seq = b.seq(batch::Op::CreateTable {
                     table: s.table.clone(),
                 });
                 table::new_table(b.buf(), seq, &s.table, flags, Some(&s.fingerprint()));
-                if let Err(e) = self.commit(b) {
-                    tracing::warn!("could not take ownership of table inet {}: {e}", s.table);
+                match self.commit(b) {
+                    Ok(()) => return Ok(Applied::Unchanged),
+                    Err(e) => tracing::info!(
+                        table = %s.table,
+                        "table was created without the owner flag ({e}); rebuilding it owned"
+                    ),
                 }
             }
-            return Ok(Applied::Unchanged);
         }
         tracing::info!(table = %s.table, "ruleset differs from the configuration: rebuilding");
         // The prefix the old banned6 keys stand for: what the old rule masks with, else
