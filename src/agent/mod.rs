@@ -203,7 +203,7 @@ fn kernel_timeout(ban: &state::Ban, now: SystemTime) -> Option<Duration> {
 /// A rule that does not build (unknown name, bad regex, no `host` capture) is a mistake in
 /// the configuration like any other: turn it into a [`ConfigError`] so the CLI exits with 2,
 /// keeping the `FILE:LINE: key` location and the regex engine's explanation.
-fn rule_config_error(e: RuleError) -> ConfigError {
+pub(crate) fn rule_config_error(e: RuleError) -> ConfigError {
     let location = match &e {
         RuleError::Regex { location, .. }
         | RuleError::NoHost { location, .. }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::config::{self, Config};
+use crate::detect::{Detector, LocalAddrs};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckConfigArgs {
@@ -16,6 +17,9 @@ pub struct CheckConfigArgs {
 
 pub fn check_config(args: CheckConfigArgs) -> Result<ExitCode> {
     let cfg = Config::load(args.config.as_deref())?;
+    // Build the rules as the agent would: an unknown rule name or a bad regex is a
+    // configuration error too (exit 2), named by file, line and key.
+    Detector::from_config(&cfg, LocalAddrs::new()).map_err(crate::agent::rule_config_error)?;
     let from = match &args.config {
         Some(p) => p.display().to_string(),
         None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
