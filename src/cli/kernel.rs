@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::agent::manual_target;
+use crate::agent::{manual_target, target_net};
 use crate::control::{self, ControlError, Request, Response};
 use crate::detect::{LocalAddrs, NeverBan};
 use crate::duration::{self, Human};
 use crate::nft::{self, Applied, Element, Family, Hook, Nft, Schema, Target};
+use crate::state::{self, Store, Txn};
 
 /// Options shared by every kernel command.
 #[derive(clap::Args, Debug)]
@@ -31,6 +32,11 @@ pub struct Common {
     /// /run/fwagent; an agent started with --state-dir DIR listens in DIR).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// The agent's state directory (default: the config's state.dir, /var/lib/fwagent).
+    /// With no agent running, bans and unbans are recorded there too, so the agent finds
+    /// them when it starts. Also sets --run-dir unless that is given.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +98,8 @@ pub struct StatusArgs {
 
 /// What the kernel commands take from the configuration.
 struct Settings {
+    /// The agent's state directory (its store is kept in step when no agent runs).
+    state_dir: PathBuf,
     schema: Schema,
     ban_time: Duration,
     allow: Vec<ipnet::IpNet>,
@@ -103,16 +111,22 @@ const USAGE: u8 = 2;
 
 /// Loads settings, or prints the configuration error and yields exit code 2.
 fn settings(c: &Common) -> Result<Settings, ExitCode> {
-    load_settings(c.config.as_deref(), c.run_dir.as_deref()).map_err(|e| {
+    load_settings(c).map_err(|e| {
         // ConfigError's message already quotes its cause; print it once.
         eprintln!("fwagent: {e}");
         ExitCode::from(USAGE)
     })
 }
 
-fn load_settings(path: Option<&Path>, run_dir: Option<&Path>) -> Result<Settings> {
-    let cfg = crate::config::Config::load(path)?;
-    let run_dir = run_dir.unwrap_or(&cfg.state.run_dir);
+fn load_settings(c: &Common) -> Result<Settings> {
+    let cfg = crate::config::Config::load(c.config.as_deref())?;
+    // The same rule as `fwagent run`: a private state dir holds the socket too.
+    let state_dir = c.state_dir.clone().unwrap_or_else(|| cfg.state.dir.clone());
+    let run_dir = c
+        .run_dir
+        .as_deref()
+        .or(c.state_dir.as_deref())
+        .unwrap_or(&cfg.state.run_dir);
     let fw = &cfg.firewall;
     Ok(Settings {
         schema: Schema {
@@ -124,7 +138,24 @@ fn load_settings(path: Option<&Path>, run_dir: Option<&Path>) -> Result<Settings
         ban_time: cfg.ban.time,
         allow: cfg.ban.allow.clone(),
         socket: control::socket_path(run_dir),
+        state_dir,
     })
+}
+
+/// With no agent running, records a direct change in the agent's store (if it has one), so
+/// that the agent neither restores an unbanned address nor forgets a manual ban when it
+/// starts. A host where no agent ever ran has no store, and none is created.
+fn record(st: &Settings, what: &str, fill: impl FnOnce(&Store, &mut Txn)) -> Result<()> {
+    if !st.state_dir.join(state::FILE_NAME).exists() {
+        return Ok(());
+    }
+    let (store, _) = Store::open(&st.state_dir)
+        .with_context(|| format!("recording {what} in the agent's state"))?;
+    let mut txn = Txn::new();
+    fill(&store, &mut txn);
+    store
+        .apply(txn)
+        .with_context(|| format!("recording {what} in the agent's state"))
 }
 
 /// Sends `req` to the running agent; `None` when no agent listens.
@@ -207,7 +238,15 @@ pub fn teardown(a: TeardownArgs) -> Result<ExitCode> {
         return Ok(agent_answer(r));
     }
     let mut nft = open()?;
-    if nft.teardown(&st.schema.table)? {
+    let existed = nft.teardown(&st.schema.table)?;
+    record(&st, "the teardown", |store, txn| {
+        if let Ok(bans) = store.active_bans(std::time::SystemTime::now()) {
+            for b in bans {
+                txn.remove_ban(b.target);
+            }
+        }
+    })?;
+    if existed {
         println!("removed table inet {}", st.schema.table);
     } else {
         println!("table inet {} did not exist", st.schema.table);
@@ -320,6 +359,26 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
     }
     let bans: Vec<(Target, Option<Duration>)> = targets.iter().map(|t| (*t, Some(dur))).collect();
     let r = nft.ban(s, &bans)?;
+    let now = std::time::SystemTime::now();
+    record(&st, "the ban", |store, txn| {
+        for t in &targets {
+            let net = target_net(*t, s.ipv6_prefix);
+            let times = store
+                .ban(net)
+                .ok()
+                .flatten()
+                .filter(|b| b.is_active(now))
+                .map_or(0, |b| b.times_banned);
+            txn.put_ban(&state::Ban {
+                target: net,
+                rule: state::MANUAL.to_string(),
+                banned_at: now,
+                expires_at: (!dur.is_zero()).then(|| now + dur),
+                hits: 0,
+                times_banned: times + 1,
+            });
+        }
+    })?;
     let what = if targets.len() == 1 {
         show(&targets[0], s)
     } else {
@@ -355,9 +414,28 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
     if let Some(r) = ask_agent(&st, &req)? {
         return Ok(agent_answer(r));
     }
+    // An IPv6 address may be banned by its prefix or, next to a protected address, alone:
+    // lift both (unbanning what is not banned is harmless).
+    let asked = targets.len();
+    let mut targets = targets;
+    for t in targets.clone() {
+        if let Target::V6Prefix(a) = t {
+            targets.push(Target::V6Exact(a));
+        }
+    }
     let mut nft = open()?;
     let r = nft.unban(&st.schema, &targets)?;
-    println!("unbanned {}; {} not banned", r.removed, r.absent);
+    record(&st, "the unban", |_, txn| {
+        for t in &targets {
+            let net = target_net(*t, st.schema.ipv6_prefix);
+            txn.remove_ban(net).clear_history(net);
+        }
+    })?;
+    println!(
+        "unbanned {}; {} not banned",
+        r.removed,
+        asked.saturating_sub(r.removed)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
