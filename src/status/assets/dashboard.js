@@ -158,10 +158,12 @@
     const box = $("chart");
     box.replaceChildren();
     const NS = "http://www.w3.org/2000/svg";
-    const W = 720, H = 140, PAD = 16;
+    // Drawn at the box's own width, so text and dots keep their shape (no stretching).
+    const W = Math.max(240, Math.round(box.clientWidth - 14) || 720), H = 144, PAD = 16;
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("width", W);
+    svg.setAttribute("height", H);
     svg.setAttribute("role", "img");
     const end = st.generated_at_unix, start = end - 86400;
     const pts = a && a.history ? a.history.samples.slice() : [];
@@ -180,8 +182,9 @@
         bans: Math.max(0, pts[i].bans - pts[i - 1].bans),
       });
     }
-    const maxD = Math.max(1, ...bars.map((b) => b.drops));
-    const maxB = Math.max(1, ...bars.map((b) => b.bans));
+    const peakD = Math.max(0, ...bars.map((b) => b.drops));
+    const peakB = Math.max(0, ...bars.map((b) => b.bans));
+    const maxD = Math.max(1, peakD), maxB = Math.max(1, peakB);
     const x = (t) => PAD + ((t - start) / 86400) * (W - 2 * PAD);
     const base = document.createElementNS(NS, "line");
     for (const [k, v] of [["x1", PAD], ["x2", W - PAD], ["y1", H - PAD], ["y2", H - PAD]]) base.setAttribute(k, v);
@@ -216,7 +219,7 @@
     const top = document.createElementNS(NS, "text");
     top.setAttribute("x", PAD);
     top.setAttribute("y", 12);
-    top.textContent = "max " + fmt(bars.length ? maxD : 0) + " packets, " + fmt(bars.length ? maxB : 0) + " bans per interval";
+    top.textContent = "peak: " + fmt(peakD) + " packets, " + fmt(peakB) + " bans per interval";
     svg.appendChild(top);
     box.appendChild(svg);
   }
