@@ -62,6 +62,8 @@ const MAX_CONNECTIONS: usize = 32;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time allowed for a request's headers to arrive.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted (431 beyond); our routes need a few hundred bytes.
+const MAX_HEAD: usize = 16 * 1024;
 /// How long the refresher waits for the agent loop's answer.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -318,7 +320,9 @@ async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
+                .max_header_size(MAX_HEAD)
+                .max_headers(64)
+                .max_buf_size(MAX_HEAD * 2)
                 .serve_connection(TokioIo::new(stream), svc);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 tracing::debug!(%peer, error = %e, "dashboard connection");

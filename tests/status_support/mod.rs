@@ -221,15 +221,40 @@ pub fn http(ns: &NetNs, method: &str, path: &str) -> Option<Resp> {
 
 /// Sends raw request bytes; the answer is parsed strictly enough for the tests' needs.
 pub fn raw_http(ns: &NetNs, request: String) -> Option<Resp> {
+    raw_http_port(ns, 9180, request)
+}
+
+/// A request with a JSON body to `port` inside `ns` (for WebDriver).
+pub fn json_request(ns: &NetNs, port: u16, method: &str, path: &str, body: &Value) -> Option<Resp> {
+    if body.is_null() {
+        // GET and DELETE carry no body at all (WebDriver rejects `null` as parameters).
+        return raw_http_port(
+            ns,
+            port,
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        );
+    }
+    let text = body.to_string();
+    raw_http_port(
+        ns,
+        port,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        ),
+    )
+}
+
+/// Sends raw request bytes to `port` inside `ns` and reads the whole answer.
+pub fn raw_http_port(ns: &NetNs, port: u16, request: String) -> Option<Resp> {
     let head_only = request.starts_with("HEAD ");
     ns.enter(move || {
-        let mut s =
-            TcpStream::connect_timeout(&"127.0.0.1:9180".parse().unwrap(), Duration::from_secs(2))
-                .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
         s.write_all(request.as_bytes()).ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
+        let buf = read_answer(&mut s, head_only)?;
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
         let head = std::str::from_utf8(&buf[..end]).ok()?;
         let mut lines = head.split("\r\n");
@@ -243,7 +268,13 @@ pub fn raw_http(ns: &NetNs, request: String) -> Option<Resp> {
                 (k.trim().to_string(), v.trim().to_string())
             })
             .collect();
-        let body = buf[end + 4..].to_vec();
+        let mut body = buf[end + 4..].to_vec();
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked {
+            body = dechunk(&body)?;
+        }
         let resp = Resp {
             status,
             headers,
@@ -258,6 +289,56 @@ pub fn raw_http(ns: &NetNs, request: String) -> Option<Resp> {
         }
         Some(resp)
     })
+}
+
+/// Reads one answer: the head, then the body by its length, its last chunk, or EOF (some
+/// servers keep the connection open despite `Connection: close`).
+fn read_answer(s: &mut TcpStream, head_only: bool) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body = buf.len() - end - 4;
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = if head_only {
+                true
+            } else if let Some(len) = len {
+                body >= len
+            } else if head.contains("transfer-encoding: chunked") {
+                buf.ends_with(b"0\r\n\r\n")
+            } else {
+                n == 0
+            };
+            if done {
+                return Some(buf);
+            }
+        }
+        if n == 0 {
+            return Some(buf);
+        }
+    }
+}
+
+/// Decodes a chunked body (sizes in hex, each chunk followed by CRLF, a zero-size chunk last).
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
 }
 
 /// `nft -j list ruleset` inside `ns`.
