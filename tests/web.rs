@@ -312,7 +312,7 @@ fn parse_exposition(text: &str) -> Result<HashMap<String, Family>, String> {
         if f.kind.is_empty() {
             return Err(err("sample before TYPE".into()));
         }
-        if f.kind == "counter" && !(value >= 0.0) {
+        if f.kind == "counter" && (value.is_nan() || value < 0.0) {
             return Err(err("negative counter".into()));
         }
         f.samples.push((labels, value));
@@ -639,6 +639,11 @@ return {
 };
 "#;
 
+/// Whether a `data-value` read from the page holds the number `n`.
+fn shows(v: &Value, n: u64) -> bool {
+    v.as_str() == Some(n.to_string().as_str())
+}
+
 fn artifacts() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-artifacts");
     std::fs::create_dir_all(&d).unwrap();
@@ -677,9 +682,9 @@ fn dashboard_in_a_real_browser_shows_the_kernels_figures() {
         let mut page = Value::Null;
         while started.elapsed() < Duration::from_secs(20) {
             page = s.js(READ_PAGE);
-            if page["dropped"] == want_dropped.to_string()
-                && page["blocked"] == want_blocked.to_string()
-                && page["top_packets"] == hot.packets.to_string()
+            if shows(&page["dropped"], want_dropped)
+                && shows(&page["blocked"], want_blocked)
+                && shows(&page["top_packets"], hot.packets)
             {
                 break;
             }
