@@ -120,13 +120,16 @@ pub fn read(s: &Schema, features: Features) -> Result<KernelView, NftError> {
     })
 }
 
+/// Entries per set, by set name.
+type SetCounts = Vec<(&'static str, u64)>;
+
 /// Counts the entries of each of our sets and keeps the top offenders, streaming the
 /// element dumps: a hash set's elements are looked at one netlink message at a time, so a
 /// 100,000-ban read holds a few KiB instead of 100,000 records it would throw away but ten.
 /// Interval sets (manual network bans, few) are collected whole, because an interval's
 /// start and end elements must be paired; each interval counts once per CIDR, as
 /// `fwagent list` shows it. A set the kernel lacks counts zero (it shows as a missing rule).
-fn scan(s: &Schema) -> Result<(Vec<(&'static str, u64)>, Vec<Element>), NftError> {
+fn scan(s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
     let mut sock = Socket::open()?;
     let mut counts = Vec::new();
     let mut top = Top::new(TOP);
