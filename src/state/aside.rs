@@ -53,7 +53,6 @@ pub fn utc_stamp(t: SystemTime) -> String {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
