@@ -21,6 +21,7 @@ set -euo pipefail
 PACKAGES=(
   exim4-daemon-light # the real MTA under attack
   swaks              # SMTP client for bots and the legitimate user
+  libio-socket-inet6-perl # swaks needs it for IPv6 (a Suggests, so not pulled in)
   nftables           # nft: DNAT of the published port, and the test oracle
   iproute2           # ip netns, veth, routes; ss
   iputils-ping       # ping, for quick reachability checks by hand
