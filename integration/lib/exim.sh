@@ -10,10 +10,12 @@
 #     compiled-in config search list. Exim then needs no -C option, so the processes it
 #     re-executes for delivery keep their privileges, and nothing is added to the system's
 #     /etc/exim4/trusted_configs. The bind mount is visible to that process tree only.
-# The rate-limit ACL is the one fwagent ships in dist/exim4/, verbatim in its effect.
+# The rate-limit ACL is included verbatim from dist/exim4/fwagent-ratelimit.acl, the file
+# users install, so the lab tests what is shipped.
 
 EXIM_BIN=${EXIM_BIN:-/usr/sbin/exim4}
 EXIM_USER=${EXIM_USER:-Debian-exim}
+LAB_ACL=${LAB_ACL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/dist/exim4/fwagent-ratelimit.acl}
 
 # lab_exim_config DIR ADDR...: write the config for a daemon listening on ADDR:25.
 lab_exim_config() {
@@ -53,11 +55,9 @@ begin acl
 acl_check_rcpt:
   accept  hosts = :
 
-  # The ACL under test, as shipped in dist/exim4/: a host sending more than 10
-  # messages an hour is refused, and every refusal is logged for fwagent.
-  deny    ratelimit   = 10 / 1h / strict
-          message     = Too many messages, try later
-          log_message = Rate limited: \$sender_host_address
+  # The ACL under test, verbatim from dist/exim4/ (what users install): a host sending
+  # more than 10 messages an hour is refused, and every refusal is logged for fwagent.
+  .include $dir/etc/fwagent-ratelimit.acl
 
   require message     = relay not permitted
           domains     = +local_domains
@@ -87,6 +87,7 @@ mailbox_file:
 begin retry
 *   *   F,1h,15m
 EOF
+  install -m 0644 "$LAB_ACL" "$dir/etc/fwagent-ratelimit.acl"
   chmod 0644 "$dir/etc/exim4.conf"
 }
 
