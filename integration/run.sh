@@ -537,13 +537,14 @@ phase_rotation() {
       "$PY" -c 'import json,sys; sys.exit(any(v["hits"] >= 3 and v["ban_t"] is None for v in json.loads(sys.argv[1]).values()))' "$r" && break
       sleep 0.1
     done
-    read -r worst missing_s < <("$PY" -c '
+    local nbanned
+    read -r worst nbanned missing_s < <("$PY" -c '
 import json,sys; r=json.loads(sys.argv[1])
 bad=[a for a,v in r.items() if v["hits"] >= 3 and (v["latency_ms"] is None or v["early"] or v["latency_ms"] > 1000)]
 lat=[v["latency_ms"] for v in r.values() if v["latency_ms"] is not None]
-print(max(lat) if lat else "none", ",".join(bad) or "none")' "$r")
+print(max(lat) if lat else "none", len(r) - len(bad), ",".join(bad) or "none")' "$r")
     lab_check rotation_no_line_lost \
-      "all $(( ${#ROT_STEP[@]} + ${#ROT_STREAM[@]} )) bots whose 3rd line straddles the rotation banned; worst latency $worst ms; late or missing: $missing_s" \
+      "$nbanned/$(( ${#ROT_STEP[@]} + ${#ROT_STREAM[@]} )) bots whose lines straddle the rotation banned within 1 s of their 3rd line (worst $worst ms); late or missing: $missing_s" \
       test "$missing_s" = none
   fi
 }
