@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# vm.sh - run fwagent's integration lab inside a real Debian 12 VM (kernel 6.1) under
+# plain QEMU. Root. The image comes from build-image.sh (same directory).
+#
+#   integration/vm/vm.sh test [--fwagent PATH] [--build]
+#        boot a throwaway overlay of the image, copy integration/, dist/ and the binary
+#        in, run `integration/run.sh` as root in the guest, print its PASS/FAIL lines,
+#        power off; exit status is the guest run's. --build (re)builds the image first
+#        (it is also built when missing).
+#   integration/vm/vm.sh up | ssh [CMD...] | down     the same steps by hand
+#
+# Environment: VMDIR (/var/tmp/fwagent-vm: image, key, run state), MEM (1024), CPUS (2),
+# BOOT_TIMEOUT (900 s to reach ssh), RUN_TIMEOUT (1500 s for the guest run).
+#
+# Network: QEMU user-mode networking with restrict=on: the guest can send nothing out;
+# the only way in is ssh forwarded from 127.0.0.1:<free port> on the host. Acceleration:
+# TCG (software) unless the CPU shows vmx/svm and /dev/kvm is not kvm-pvm (on this
+# machine kind KVM is PVM-backed and cannot run an ordinary guest).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+VMDIR=${VMDIR:-/var/tmp/fwagent-vm}
+IMG=$VMDIR/fwagent-bookworm.qcow2
+KEY=$VMDIR/id_fwagent
+RUN=$VMDIR/run
+MEM=${MEM:-1024}
+CPUS=${CPUS:-2}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+RUN_TIMEOUT=${RUN_TIMEOUT:-1500}
+
+log() { printf '[vm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+ssh_cmd() {
+  local port; port=$(cat "$RUN/port")
+  ssh -i "$KEY" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 \
+    -o ServerAliveInterval=15 vagrant@127.0.0.1 "$@"
+}
+
+qemu_pid() { [ -s "$RUN/qemu.pid" ] && kill -0 "$(cat "$RUN/qemu.pid")" 2>/dev/null && cat "$RUN/qemu.pid"; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+cmd_up() {
+  [ -f "$IMG" ] || die "no image $IMG: run integration/vm/build-image.sh"
+  qemu_pid >/dev/null && die "a VM from $RUN is already running (pid $(qemu_pid))"
+  mkdir -p "$RUN"
+  rm -f "$RUN/overlay.qcow2" "$RUN/console.log"
+  # A throwaway overlay: the image itself is never written, each run starts clean.
+  qemu-img create -q -f qcow2 -F qcow2 -b "$IMG" "$RUN/overlay.qcow2"
+  free_port >"$RUN/port"
+  local accel=tcg,thread=multi,tb-size=256 cpu=qemu64
+  if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo && [ ! -d /sys/module/kvm_pvm ]; then
+    accel=kvm cpu=host
+  fi
+  local t0; t0=$(date +%s)
+  qemu-system-x86_64 -name fwagent-vm -machine q35 -accel "$accel" -cpu "$cpu" \
+    -smp "$CPUS" -m "$MEM" -display none -vga none -nodefaults \
+    -drive "file=$RUN/overlay.qcow2,if=virtio,format=qcow2" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(cat "$RUN/port")-:22" \
+    -device virtio-net-pci,netdev=n0 -device virtio-rng-pci \
+    -chardev "file,id=con,path=$RUN/console.log" -serial chardev:con \
+    -pidfile "$RUN/qemu.pid" -daemonize
+  log "qemu pid $(cat "$RUN/qemu.pid") ($accel), ssh on 127.0.0.1:$(cat "$RUN/port"), console $RUN/console.log"
+  local deadline=$((t0 + BOOT_TIMEOUT))
+  until ssh_cmd true 2>/dev/null; do
+    qemu_pid >/dev/null || { tail -n 20 "$RUN/console.log" >&2; die "qemu exited"; }
+    [ "$(date +%s)" -lt "$deadline" ] || { tail -n 20 "$RUN/console.log" >&2; die "no ssh after ${BOOT_TIMEOUT}s"; }
+    sleep 3
+  done
+  log "ssh up after $(($(date +%s) - t0)) s; guest kernel $(ssh_cmd uname -r)"
+}
+
+cmd_down() {
+  local pid _
+  pid=$(qemu_pid) || { rm -f "$RUN/overlay.qcow2"; return 0; }
+  ssh_cmd sudo systemctl poweroff >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then log "forcing qemu $pid off"; kill "$pid"; sleep 1; fi
+  rm -f "$RUN/qemu.pid" "$RUN/overlay.qcow2"
+  log "VM down"
+}
+
+cmd_test() {
+  local fwagent='' build=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --fwagent) fwagent=$(readlink -f "$2"); shift 2 ;;
+      --build) build=1; shift ;;
+      *) die "unknown argument $1" ;;
+    esac
+  done
+  [ "$(id -u)" = 0 ] || die "run as root"
+  if [ $build = 1 ] || [ ! -f "$IMG" ]; then "$HERE/build-image.sh" "$VMDIR"; fi
+  trap 'cmd_down' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  cmd_up
+
+  # Copy in only what the run needs: the lab, the shipped Exim snippet, the binary.
+  local files=(integration dist)
+  log "copying ${files[*]}${fwagent:+ and $fwagent} into the guest"
+  {
+    tar -C "$REPO" -cf - --exclude='__pycache__' "${files[@]}"
+  } | ssh_cmd 'rm -rf fwagent-test && mkdir fwagent-test && tar -C fwagent-test -xf -'
+  local args=()
+  if [ -n "$fwagent" ]; then
+    ssh_cmd 'cat > fwagent-test/fwagent && chmod 0755 fwagent-test/fwagent' <"$fwagent"
+    args=(--fwagent ./fwagent)
+  fi
+
+  log "running integration/run.sh ${args[*]} in the guest (TCG: slow)"
+  local rc=0
+  timeout "$RUN_TIMEOUT" ssh_cmd "cd fwagent-test && sudo LAB_MAX_SECONDS=$((RUN_TIMEOUT - 60)) ./integration/run.sh ${args[*]}" \
+    >"$RUN/guest.out" 2>"$RUN/guest.err" || rc=$?
+  cat "$RUN/guest.out"
+  [ $rc = 0 ] || { log "guest run exit status $rc; its stderr (tail):"; tail -n 15 "$RUN/guest.err" >&2; }
+  grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$RUN/guest.out" || { log "no summary line from the guest"; [ $rc != 0 ] || rc=1; }
+  return $rc
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  ssh) shift; ssh_cmd "$@" ;;
+  down) cmd_down ;;
+  test) shift; cmd_test "$@" ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
