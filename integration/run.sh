@@ -53,6 +53,7 @@ PUB_PORT=8080 APP_PORT=80
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 FWAGENT=${FWAGENT:-}
+WATCHDOG_PID=
 KEEP=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -78,6 +79,7 @@ EVENTS=$LAB_TMP/events.jsonl
 on_exit() {
   local rc=$?
   trap - EXIT INT TERM
+  lab_stop_pid "$WATCHDOG_PID"
   if [ $KEEP = 1 ]; then
     lab_write_teardown "$LAB_TMP/teardown.sh"
     lab_log "kept: namespaces ${LAB_NAMESPACES[*]}; mainlog $MAINLOG"
@@ -98,7 +100,7 @@ trap 'lab_log "terminated"; exit 143' TERM
   sleep "$LAB_MAX_SECONDS" & sp=$!
   wait "$sp" && kill -TERM $$
 ) </dev/null >/dev/null 2>&1 &
-LAB_PIDS+=($!)
+WATCHDOG_PID=$!
 
 # --- helpers -------------------------------------------------------------------------
 

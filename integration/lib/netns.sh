@@ -151,13 +151,14 @@ lab_cleanup() {
   esac
 }
 
-# lab_write_teardown FILE: a script that does what lab_cleanup would, for --keep.
+# lab_write_teardown FILE: a script that does what lab_cleanup would, for --keep. Every
+# process the lab leaves running lives in one of its namespaces, so they are found by
+# namespace when the script runs (never by a pid written now, which could be reused).
 lab_write_teardown() {
   {
     echo '#!/bin/sh'
     echo "# tear down the kept fwagent lab ${LAB_PREFIX}*"
-    local p ns
-    for p in "${LAB_PIDS[@]}"; do echo "kill $p 2>/dev/null"; done
+    local ns
     for ns in "${LAB_NAMESPACES[@]}"; do
       echo "for p in \$(ip netns pids $ns 2>/dev/null); do kill -KILL \$p; done; ip netns del $ns"
     done
