@@ -343,26 +343,43 @@ def flatten(obj, path=""):
         yield path, obj
 
 
+def hook_drops(data, hook):
+    """Packets dropped on one hook, from the status JSON. Understands a `drops` list of
+    {"hook", "packets"} objects or a `drops`/`dropped` object keyed by hook; otherwise
+    falls back to numeric leaves whose path names the hook and packets or drops."""
+    for key in ("drops", "dropped"):
+        d = data.get(key) if isinstance(data, dict) else None
+        if isinstance(d, list):
+            return sum(x.get("packets", 0) for x in d
+                       if isinstance(x, dict) and x.get("hook") == hook), key
+        if isinstance(d, dict) and hook in d:
+            return sum(v for p, v in flatten(d[hook]) if "packet" in p.lower()
+                       and isinstance(v, (int, float))), key
+    vals = [(p, v) for p, v in flatten(data) if isinstance(v, (int, float))
+            and not isinstance(v, bool) and hook in p.lower()
+            and re.search(r"packet|drop", p.lower()) and "byte" not in p.lower()]
+    return sum(v for _, v in vals), ",".join(p for p, _ in vals)
+
+
 def cmd_status(a):
-    """Checks fwagent's status JSON without depending on exact field names (not frozen
-    yet): drops are numeric leaves whose path names the hook and packets/drops; bans are
-    string leaves naming each expected address or its prefix."""
+    """Checks fwagent's status JSON (its field names are not frozen yet, so this looks
+    for the figures by meaning): drops per hook, banned element count, and which of the
+    expected addresses (or their prefix) appear anywhere in it."""
     try:
         data = json.load(sys.stdin)
     except ValueError as e:
         print(json.dumps({"error": "not JSON: %s" % e}))
         return
     leaves = list(flatten(data))
-    res = {"drops": {}, "addresses": {}}
+    res = {"drops": {}, "addresses": {}, "banned": None}
     for hook in ("input", "forward"):
-        vals = [(p, v) for p, v in leaves if isinstance(v, (int, float))
-                and not isinstance(v, bool) and hook in p.lower()
-                and re.search(r"packet|drop", p.lower()) and "byte" not in p.lower()]
-        res["drops"][hook] = {"total": sum(v for _, v in vals), "paths": [p for p, _ in vals]}
+        total, where = hook_drops(data, hook)
+        res["drops"][hook] = {"total": total, "from": where}
+    sets = data.get("sets") if isinstance(data, dict) else None
+    if isinstance(sets, list):
+        res["banned"] = sum(s.get("count", 0) for s in sets if isinstance(s, dict))
     for addr in a.addr:
-        found = [p for p, v in leaves if isinstance(v, str) and (
-            v == addr or v.split("/")[0] and covers(v, addr))]
-        res["addresses"][addr] = found[:3]
+        res["addresses"][addr] = [p for p, v in leaves if isinstance(v, str) and covers(v, addr)][:3]
     print(json.dumps(res))
 
 
