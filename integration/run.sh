@@ -2,13 +2,19 @@
 # run.sh - fwagent end to end: a real Exim4 under attack in network namespaces, and (with
 # a binary that has `fwagent run`) fwagent banning the attackers at the firewall.
 #
-#   integration/run.sh [--fwagent PATH] [--keep]
+#   integration/run.sh [--fwagent PATH] [--keep] [--system]
 #
 #   --fwagent PATH  the fwagent binary to test (default: $FWAGENT if set). Without one
 #                   that has a `run` command, only the lab's own assertions run and the
 #                   fwagent assertions print SKIP.
 #   --keep          leave the lab up at the end (namespaces, Exim, fwagent) and print the
 #                   path of a teardown script instead of cleaning up.
+#   --system        ONLY on a dedicated test machine (the VM): "mail" is this host itself,
+#                   with Debian's packaged Exim (set up by integration/vm/provision.sh) and
+#                   fwagent as the systemd unit fwagent.service following
+#                   /var/log/exim4/mainlog. The lab adds two addresses to lo, veth links,
+#                   forwarding and a DNAT table `inet fwlab` to this host, resets Exim's
+#                   rate-limit hints, and undoes its network changes at the end.
 #
 # Needs root and the packages of integration/install-deps.sh. Prints one PASS/FAIL/SKIP
 # line per assertion, then `N passed, M failed`; exits non-zero if anything failed.
@@ -55,10 +61,12 @@ usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 FWAGENT=${FWAGENT:-}
 WATCHDOG_PID=
 KEEP=0
+SYSTEM=0
 while [ $# -gt 0 ]; do
   case $1 in
     --fwagent) [ $# -ge 2 ] || usage; FWAGENT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --system) SYSTEM=1; shift ;;
     -h | --help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -73,7 +81,11 @@ LAB_PREFIX="fwi$$-"
 LAB_TMP=$(mktemp -d "/tmp/fwi$$.XXXXXX") || lab_die "mktemp failed"
 chmod 0755 "$LAB_TMP" # Exim's own user must reach its spool and log below it
 EXIM_DIR=$LAB_TMP/exim
-MAINLOG=$EXIM_DIR/log/mainlog
+if [ $SYSTEM = 1 ]; then
+  MAINLOG=/var/log/exim4/mainlog MAILDIR=/var/mail
+else
+  MAINLOG=$EXIM_DIR/log/mainlog MAILDIR=$EXIM_DIR/mail
+fi
 EVENTS=$LAB_TMP/events.jsonl
 
 on_exit() {
@@ -106,7 +118,7 @@ WATCHDOG_PID=$!
 
 in_mail() { ip netns exec "$(lab_ns mail)" "$@"; }
 now() { date +%s.%N; }
-alive() { kill -0 "$1" 2>/dev/null; }
+alive() { [ "${1:-0}" -gt 0 ] && kill -0 "$1" 2>/dev/null; }
 
 # probe ROLE SOURCE HOST PORT EXPECT [TIMEOUT]: "open|refused|timeout|... <ms> <detail>"
 probe() {
@@ -125,7 +137,7 @@ rl_count() {
 wait_mailbox() {
   local _ n=0
   for _ in $(seq 1 100); do
-    n=$(lab_mailbox_count "$EXIM_DIR" "$1" "$2")
+    n=$(lab_mailbox_count "$MAILDIR" "$1" "$2")
     [ "$n" -ge "$3" ] && break
     sleep 0.1
   done
@@ -139,10 +151,20 @@ json() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[
 
 lab_up() {
   local role
-  for role in mail bot4 bot6 user app; do lab_ns_add "$role"; done
+  if [ $SYSTEM = 1 ]; then
+    lab_ns_attach mail 1 # this host's own network namespace
+  else
+    lab_ns_add mail
+  fi
+  for role in bot4 bot6 user app; do lab_ns_add "$role"; done
   lab_ns_forwarding mail
   lab_addr mail lo "$SVC4/32"
   lab_addr mail lo "$SVC6/128"
+  if [ $SYSTEM = 1 ]; then
+    lab_undo ip -n "$(lab_ns mail)" addr del "$SVC4/32" dev lo
+    lab_undo ip -n "$(lab_ns mail)" addr del "$SVC6/128" dev lo
+    lab_undo ip netns exec "$(lab_ns mail)" nft delete table inet fwlab
+  fi
 
   # Clients: routed point-to-point links from mail (see lib/netns.sh).
   local spec a
@@ -176,12 +198,45 @@ lab_up() {
   lab_nat_up
 
   # Exim, then the watcher (it must see the log from its first line).
-  lab_exim_config "$EXIM_DIR" "$SVC4" "$SVC6"
-  lab_exim_check mail "$EXIM_DIR"
-  lab_exim_start mail "$EXIM_DIR"
+  if [ $SYSTEM = 1 ]; then
+    system_exim_prepare
+  else
+    lab_exim_config "$EXIM_DIR" "$SVC4" "$SVC6"
+    lab_exim_check mail "$EXIM_DIR"
+    lab_exim_start mail "$EXIM_DIR"
+  fi
   lab_spawn mail "$LAB_TMP/watch.err" "$PY" "$LABTOOL" watch --log "$MAINLOG" \
     --out "$EVENTS" --deadline "$LAB_MAX_SECONDS"
   for _ in $(seq 1 50); do [ -s "$EVENTS" ] && break; sleep 0.1; done
+}
+
+# --system: the host's own Exim. Its rate-limit hints are reset so that earlier runs on
+# the same machine do not count, which needs a restart of the service.
+system_exim_prepare() {
+  command -v systemctl >/dev/null || lab_die "--system needs systemd"
+  grep -qs 'fwagent-ratelimit.acl' /etc/exim4/exim4.conf.localmacros /etc/exim4/conf.d/main/000_localmacros \
+    || lab_die "--system: the ACL from dist/exim4 is not configured; run integration/vm/provision.sh"
+  systemctl stop exim4.service
+  rm -f /var/spool/exim4/db/ratelimit /var/spool/exim4/db/ratelimit.lockfile
+  systemctl start exim4.service || lab_die "cannot start exim4.service"
+  local _
+  for _ in $(seq 1 100); do
+    in_mail ss -Hltn 'sport = :25' | grep -q . && return 0
+    sleep 0.1
+  done
+  lab_die "exim4.service does not listen on port 25"
+}
+
+# exim_listens ADDR...: Exim listens on each ADDR:25, or on the wildcard of its family.
+exim_listens() {
+  local l a; l=$(in_mail ss -Hltn 'sport = :25' | awk '{print $4}')
+  for a in "$@"; do
+    if [[ $a == *:* ]]; then
+      grep -qxF -e "[$a]:25" -e '[::]:25' -e '*:25' <<<"$l" || return 1
+    else
+      grep -qxF -e "$a:25" -e '0.0.0.0:25' -e '*:25' <<<"$l" || return 1
+    fi
+  done
 }
 
 # The published port, as Docker's `-p 8080:80` does it: DNAT in prerouting, no SNAT, so
@@ -209,6 +264,13 @@ FW_STATUS_OPTS=()
 FW_PID=
 
 fw_detect() {
+  if [ $SYSTEM = 1 ]; then
+    # The agent is the host's systemd unit; the binary is only needed for `status`.
+    systemctl cat fwagent.service >/dev/null 2>&1 || { FW_WHY="no fwagent.service unit on this host"; return 0; }
+    [ -n "$FWAGENT" ] || FWAGENT=$(command -v fwagent) || lab_die "--system: no fwagent binary on PATH; give --fwagent"
+    FW_OK=1 FW_STATUS_OPTS=(--json)
+    return 0
+  fi
   [ -n "$FWAGENT" ] || return 0
   [ -x "$FWAGENT" ] || lab_die "--fwagent $FWAGENT is not an executable file"
   FWAGENT=$(readlink -f "$FWAGENT")
@@ -235,8 +297,14 @@ fw_detect() {
 # fw_start: start the agent in mail; wait (bounded 10 s) for its table.
 fw_start() {
   echo "=== start $(now)" >>"$LAB_TMP/fwagent.log"
-  lab_spawn mail "$LAB_TMP/fwagent.log" "$FWAGENT" run "${FW_RUN_OPTS[@]}"
-  FW_PID=$LAB_LAST_PID
+  if [ $SYSTEM = 1 ]; then
+    systemctl reset-failed fwagent.service >/dev/null 2>&1
+    systemctl start fwagent.service >>"$LAB_TMP/fwagent.log" 2>&1
+    FW_PID=$(systemctl show -p MainPID --value fwagent.service)
+  else
+    lab_spawn mail "$LAB_TMP/fwagent.log" "$FWAGENT" run "${FW_RUN_OPTS[@]}"
+    FW_PID=$LAB_LAST_PID
+  fi
   local _
   for _ in $(seq 1 200); do
     in_mail nft list chain inet fwagent forward >/dev/null 2>&1 && return 0
@@ -601,7 +669,7 @@ main() {
   lab_log "lab ${LAB_PREFIX}*: temp dir $LAB_TMP"
   lab_up
   lab_check exim_listening "$(in_mail ss -Hltn 'sport = :25' | awk '{print $4}' | sort | tr '\n' ' ')" \
-    bash -c "ip netns exec $(lab_ns mail) ss -Hltn 'sport = :25' | grep -q '$SVC4:25' && ip netns exec $(lab_ns mail) ss -Hltn 'sport = :25' | grep -q '\[$SVC6\]:25'"
+    exim_listens "$SVC4" "$SVC6"
 
   if [ $FW_OK = 1 ] && ! fw_start; then
     lab_fail fwagent_starts "no table inet fwagent 10 s after 'fwagent run' (log: $(tail -n 2 "$LAB_TMP/fwagent.log" | tr '\n' ' '))"

@@ -147,7 +147,7 @@ lab_bot() {
   echo "$ok $refused $failed" >"$out"
 }
 
-# lab_mailbox_count DIR USER TAG: messages in USER's mailbox whose subject contains TAG.
+# lab_mailbox_count MAILDIR USER TAG: messages in USER's mailbox whose subject has TAG.
 lab_mailbox_count() {
-  grep -c "^Subject: .*$3" "$1/mail/$2" 2>/dev/null || true
+  grep -c "^Subject: .*$3" "$1/$2" 2>/dev/null || true
 }

@@ -16,6 +16,8 @@
 LAB_PREFIX=${LAB_PREFIX:-fwi$$-}
 LAB_NAMESPACES=()   # created namespaces, deleted by lab_cleanup
 LAB_PIDS=()         # background processes started by the lab, killed by lab_cleanup
+LAB_ATTACHED=()     # names given to an existing namespace (--system): only the name goes
+LAB_UNDO=()         # commands undoing the lab's changes to an existing namespace
 LAB_ADDR_RE='^(198\.51\.100\.[0-9]{1,3}|203\.0\.113\.[0-9]{1,3}|2001:db8:[0-9a-f:]*)(/[0-9]{1,3})?$'
 
 lab_die() { printf '[lab] error: %s\n' "$*" >&2; exit 1; }
@@ -38,10 +40,30 @@ lab_ns_add() {
   ip -n "$ns" link set lo up
 }
 
-# lab_ns_forwarding ROLE: make the namespace a router (IPv4 and IPv6).
+# lab_ns_attach ROLE PID: name the network namespace PID lives in (e.g. 1: this host's
+# own) as the role, so every helper works on it unchanged. Cleanup only removes the name;
+# changes made in it must be registered with lab_undo.
+lab_ns_attach() {
+  local ns; ns=$(lab_ns "$1")
+  lab_ns_exists "$ns" && lab_die "namespace $ns already exists"
+  ip netns attach "$ns" "$2" || lab_die "cannot name the network namespace of pid $2"
+  LAB_ATTACHED+=("$ns")
+}
+
+# lab_undo COMMAND...: run COMMAND at cleanup (in reverse order of registration).
+lab_undo() { LAB_UNDO+=("$(printf '%q ' "$@")"); }
+
+# lab_ns_forwarding ROLE: make the namespace a router (IPv4 and IPv6); in an attached
+# namespace the previous values are restored at cleanup.
 lab_ns_forwarding() {
-  ip netns exec "$(lab_ns "$1")" sysctl -qw net.ipv4.ip_forward=1 \
-    net.ipv6.conf.all.forwarding=1 >/dev/null
+  local ns k v; ns=$(lab_ns "$1")
+  if [[ " ${LAB_ATTACHED[*]} " == *" $ns "* ]]; then
+    for k in net.ipv4.ip_forward net.ipv6.conf.all.forwarding; do
+      v=$(ip netns exec "$ns" sysctl -n "$k")
+      lab_undo ip netns exec "$ns" sysctl -qw "$k=$v"
+    done
+  fi
+  ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null
 }
 
 # lab_addr ROLE DEV ADDR/PREFIX: add one documentation address.
@@ -144,6 +166,10 @@ lab_cleanup() {
   LAB_PIDS=()
   for ((i = ${#LAB_NAMESPACES[@]} - 1; i >= 0; i--)); do lab_ns_del "${LAB_NAMESPACES[i]}"; done
   LAB_NAMESPACES=()
+  for ((i = ${#LAB_UNDO[@]} - 1; i >= 0; i--)); do eval "${LAB_UNDO[i]}" >/dev/null 2>&1; done
+  LAB_UNDO=()
+  for i in "${LAB_ATTACHED[@]}"; do ip netns del "$i" 2>/dev/null; done
+  LAB_ATTACHED=()
   case ${LAB_TMP:-} in
     /tmp/fwi*.* | /var/tmp/fwi*.*) rm -rf "$LAB_TMP" ;;
     "") ;;
@@ -162,6 +188,9 @@ lab_write_teardown() {
     for ns in "${LAB_NAMESPACES[@]}"; do
       echo "for p in \$(ip netns pids $ns 2>/dev/null); do kill -KILL \$p; done; ip netns del $ns"
     done
+    local i
+    for ((i = ${#LAB_UNDO[@]} - 1; i >= 0; i--)); do echo "${LAB_UNDO[i]}"; done
+    for ns in "${LAB_ATTACHED[@]}"; do echo "ip netns del $ns"; done
     echo "rm -rf '$LAB_TMP'"
   } >"$1"
   chmod 0755 "$1"

@@ -2,11 +2,14 @@
 # vm.sh - run fwagent's integration lab inside a real Debian 12 VM (kernel 6.1) under
 # plain QEMU. Root. The image comes from build-image.sh (same directory).
 #
-#   integration/vm/vm.sh test [--fwagent PATH] [--build]
+#   integration/vm/vm.sh test [--fwagent PATH] [--build] [--mode system|netns|both]
 #        boot a throwaway overlay of the image, copy integration/, dist/ and the binary
-#        in, run `integration/run.sh` as root in the guest, print its PASS/FAIL lines,
-#        power off; exit status is the guest run's. --build (re)builds the image first
-#        (it is also built when missing).
+#        in, run the lab as root in the guest, print its PASS/FAIL lines, power off;
+#        exit status is non-zero if any guest run failed. --build (re)builds the image
+#        first (it is also built when missing). Modes (default both):
+#          system  the VM is the mail server: provision.sh sets up Debian's Exim with the
+#                  dist/exim4 ACL and fwagent (unit when shipped), then run.sh --system;
+#          netns   run.sh as on CI hosts (Exim and fwagent in namespaces), on kernel 6.1.
 #   integration/vm/vm.sh up | ssh [CMD...] | down     the same steps by hand
 #
 # Environment: VMDIR (/var/tmp/fwagent-vm: image, key, run state), MEM (1024), CPUS (2),
@@ -86,11 +89,12 @@ cmd_down() {
 }
 
 cmd_test() {
-  local fwagent='' build=0
+  local fwagent='' build=0 mode=both
   while [ $# -gt 0 ]; do
     case $1 in
       --fwagent) fwagent=$(readlink -f "$2"); shift 2 ;;
       --build) build=1; shift ;;
+      --mode) mode=$2; shift 2 ;;
       *) die "unknown argument $1" ;;
     esac
   done
@@ -113,13 +117,27 @@ cmd_test() {
     args=(--fwagent ./fwagent)
   fi
 
-  log "running integration/run.sh ${args[*]} in the guest (TCG: slow)"
-  local rc=0
-  timeout "$RUN_TIMEOUT" ssh_cmd "cd fwagent-test && sudo LAB_MAX_SECONDS=$((RUN_TIMEOUT - 60)) ./integration/run.sh ${args[*]}" \
-    >"$RUN/guest.out" 2>"$RUN/guest.err" || rc=$?
-  cat "$RUN/guest.out"
-  [ $rc = 0 ] || { log "guest run exit status $rc; its stderr (tail):"; tail -n 15 "$RUN/guest.err" >&2; }
-  grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$RUN/guest.out" || { log "no summary line from the guest"; [ $rc != 0 ] || rc=1; }
+  local rc=0 m
+  case $mode in system | netns) ;; both) mode="system netns" ;; *) die "unknown mode $mode" ;; esac
+  for m in $mode; do guest_run "$m" "${args[@]}" || rc=1; done
+  return $rc
+}
+
+# guest_run MODE ARGS...: one lab run in the guest; prints its stdout, keeps both streams.
+guest_run() {
+  local m=$1; shift
+  local cmd="sudo LAB_MAX_SECONDS=$((RUN_TIMEOUT - 60)) ./integration/run.sh $*"
+  if [ "$m" = system ]; then
+    cmd="sudo ./integration/vm/provision.sh $* && $cmd --system"
+  fi
+  cmd="cd fwagent-test && $cmd"
+  log "guest run ($m): $cmd"
+  local rc=0 t0; t0=$(date +%s)
+  timeout "$RUN_TIMEOUT" ssh_cmd "$cmd" >"$RUN/guest-$m.out" 2>"$RUN/guest-$m.err" || rc=$?
+  echo "== VM ($m mode, kernel $(ssh_cmd uname -r 2>/dev/null)): $(($(date +%s) - t0)) s"
+  cat "$RUN/guest-$m.out"
+  [ $rc = 0 ] || { log "guest run ($m) exit status $rc; its stderr (tail):"; tail -n 15 "$RUN/guest-$m.err" >&2; }
+  grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$RUN/guest-$m.out" || { log "no summary line from the guest ($m)"; [ $rc != 0 ] || rc=1; }
   return $rc
 }
 
