@@ -31,6 +31,7 @@
 # Phases: reachability before any ban; flood (bots 13 messages each, user 2); bans and
 # drops (input and forward hooks); status --json; kill -9 and restart (with a bot
 # attacking while the agent is down); `nft flush ruleset`; log rotation while bots send.
+# shellcheck source-path=SCRIPTDIR
 set -u -o pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -264,20 +265,23 @@ FW_STATUS_OPTS=()
 FW_PID=
 
 fw_detect() {
-  if [ $SYSTEM = 1 ]; then
-    # The agent is the host's systemd unit; the binary is only needed for `status`.
-    systemctl cat fwagent.service >/dev/null 2>&1 || { FW_WHY="no fwagent.service unit on this host"; return 0; }
-    [ -n "$FWAGENT" ] || FWAGENT=$(command -v fwagent) || lab_die "--system: no fwagent binary on PATH; give --fwagent"
-    FW_OK=1 FW_STATUS_OPTS=(--json)
-    return 0
-  fi
-  [ -n "$FWAGENT" ] || return 0
-  [ -x "$FWAGENT" ] || lab_die "--fwagent $FWAGENT is not an executable file"
-  FWAGENT=$(readlink -f "$FWAGENT")
   local help
   FW_STATUS_OPTS=(--json)
-  if ! help=$("$FWAGENT" run --help 2>&1); then
+  if [ $SYSTEM = 1 ]; then
+    # The agent is the host's systemd unit; the binary is only needed for `status`.
+    [ -n "$FWAGENT" ] || FWAGENT=$(command -v fwagent) || { FW_WHY="no fwagent binary"; return 0; }
+    if systemctl cat fwagent.service >/dev/null 2>&1; then
+      FW_OK=1
+      return 0
+    fi
+    FW_WHY="no fwagent.service unit on this host"
+  else
+    [ -n "$FWAGENT" ] || return 0
+    [ -x "$FWAGENT" ] || lab_die "--fwagent $FWAGENT is not an executable file"
+    FWAGENT=$(readlink -f "$FWAGENT")
     FW_WHY="$FWAGENT has no usable 'run' command yet"
+  fi
+  if [ $SYSTEM = 1 ] || ! help=$("$FWAGENT" run --help 2>&1); then
     if "$FWAGENT" ban --help >/dev/null 2>&1 && "$FWAGENT" status --help 2>&1 | grep -q -- --json; then
       FW_CLI=1
       FW_WHY+=" (kernel CLI checked with 'fwagent ban' instead)"
@@ -441,6 +445,8 @@ fw_phase_drops() {
 # real traffic; `fwagent unban` must let a bot through again.
 cli_phase() {
   local out e res
+  # On this host (--system) the table the CLI creates must go again at the end.
+  [ $SYSTEM = 1 ] && lab_undo ip netns exec "$(lab_ns mail)" nft delete table inet fwagent
   if ! out=$(in_mail "$FWAGENT" ban "$BOT4" "$BOT6" 2>&1); then
     lab_fail cli_ban "fwagent ban $BOT4 $BOT6 failed: $out"
     return
@@ -583,18 +589,26 @@ fw_phase_flush() {
     "dropped_published_after_flush[$BOT6] bot6 $BOT6 $SVC6 $PUB_PORT http"
 }
 
+# rot_bot ADDR COUNT OUT [PAUSE]: a rotation-phase attacker (bot4 or bot6 by family).
+rot_bot() {
+  if [[ $1 == *:* ]]; then
+    lab_bot bot6 "$1" "$SVC6" "$2" "$3" "${4:-0}"
+  else
+    lab_bot bot4 "$1" "$SVC4" "$2" "$3" "${4:-0}"
+  fi
+}
+
 phase_rotation() {
   lab_log "rotation: 4 bots send 12 messages, rotation, 2 bots keep streaming, then 1 more each"
-  local a role pids=() spids=() t_rot
-  rot_role() { [[ $1 == *:* ]] && echo bot6 || echo bot4; }
+  local a pids=() spids=()
   for a in "${ROT_STEP[@]}"; do
-    lab_bot "$(rot_role "$a")" "$a" "$([[ $a == *:* ]] && echo "$SVC6" || echo "$SVC4")" 12 "$LAB_TMP/rot-$a.res" &
+    rot_bot "$a" 12 "$LAB_TMP/rot-$a.res" &
     pids+=($!); LAB_PIDS+=($!)
   done
   wait "${pids[@]}"
   # Streaming bots: each hits the limit (line 1) before the rotation and keeps going.
   for a in "${ROT_STREAM[@]}"; do
-    lab_bot "$(rot_role "$a")" "$a" "$([[ $a == *:* ]] && echo "$SVC6" || echo "$SVC4")" 16 "$LAB_TMP/rot-$a.res" 0.3 &
+    rot_bot "$a" 16 "$LAB_TMP/rot-$a.res" 0.3 &
     spids+=($!); LAB_PIDS+=($!)
   done
   local _ ready
@@ -604,12 +618,11 @@ phase_rotation() {
     [ $ready = 1 ] && break
     sleep 0.05
   done
-  t_rot=$(now)
   local how; how=$("$PY" "$LABTOOL" rotate --log "$MAINLOG" --owner "$EXIM_USER")
   lab_log "rotated mainlog ($how) while streaming bots send"
   pids=()
   for a in "${ROT_STEP[@]}"; do
-    lab_bot "$(rot_role "$a")" "$a" "$([[ $a == *:* ]] && echo "$SVC6" || echo "$SVC4")" 1 "$LAB_TMP/rot2-$a.res" &
+    rot_bot "$a" 1 "$LAB_TMP/rot2-$a.res" &
     pids+=($!); LAB_PIDS+=($!)
   done
   wait "${pids[@]}" "${spids[@]}"

@@ -95,6 +95,7 @@ EOF
 lab_exim_check() {
   local ns; ns=$(lab_ns "$1"); local dir=$2
   [ -d /etc/exim4 ] || lab_die "/etc/exim4 missing: is exim4-daemon-light installed?"
+  # shellcheck disable=SC2016 # expanded by the inner sh
   ip netns exec "$ns" unshare -m --propagation private sh -c \
     'mount --bind "$0" /etc/exim4 && exec "$1" -bV' "$dir/etc" "$EXIM_BIN" >"$dir/bV.out" 2>&1 \
     || lab_die "exim rejects $dir/etc/exim4.conf: $(tail -3 "$dir/bV.out")"
@@ -107,6 +108,7 @@ lab_exim_check() {
 lab_exim_start() {
   local role=$1 dir=$2 ns _
   ns=$(lab_ns "$role")
+  # shellcheck disable=SC2016 # expanded by the inner sh
   lab_spawn "$role" "$dir/daemon.out" unshare -m --propagation private sh -c \
     'mount --bind "$0" /etc/exim4 && exec "$1" -bdf' "$dir/etc" "$EXIM_BIN"
   LAB_EXIM_PID=$LAB_LAST_PID
