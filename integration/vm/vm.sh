@@ -35,12 +35,13 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-1500}
 log() { printf '[vm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-ssh_cmd() {
-  local port; port=$(cat "$RUN/port")
-  ssh -i "$KEY" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 \
-    -o ServerAliveInterval=15 vagrant@127.0.0.1 "$@"
+# ssh_argv: the ssh command line into the guest, in SSH (an array, so `timeout` can run it).
+ssh_argv() {
+  SSH=(ssh -i "$KEY" -p "$(cat "$RUN/port")" -o BatchMode=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10
+    -o ServerAliveInterval=15 vagrant@127.0.0.1)
 }
+ssh_cmd() { ssh_argv; "${SSH[@]}" "$@"; }
 
 qemu_pid() { [ -s "$RUN/qemu.pid" ] && kill -0 "$(cat "$RUN/qemu.pid")" 2>/dev/null && cat "$RUN/qemu.pid"; }
 
@@ -133,7 +134,8 @@ guest_run() {
   cmd="cd fwagent-test && $cmd"
   log "guest run ($m): $cmd"
   local rc=0 t0; t0=$(date +%s)
-  timeout "$RUN_TIMEOUT" ssh_cmd "$cmd" >"$RUN/guest-$m.out" 2>"$RUN/guest-$m.err" || rc=$?
+  ssh_argv
+  timeout "$RUN_TIMEOUT" "${SSH[@]}" "$cmd" >"$RUN/guest-$m.out" 2>"$RUN/guest-$m.err" || rc=$?
   echo "== VM ($m mode, kernel $(ssh_cmd uname -r 2>/dev/null)): $(($(date +%s) - t0)) s"
   cat "$RUN/guest-$m.out"
   [ $rc = 0 ] || { log "guest run ($m) exit status $rc; its stderr (tail):"; tail -n 15 "$RUN/guest-$m.err" >&2; }
