@@ -151,5 +151,6 @@ lab_bot() {
 
 # lab_mailbox_count MAILDIR USER TAG: messages in USER's mailbox whose subject has TAG.
 lab_mailbox_count() {
-  grep -c "^Subject: .*$3" "$1/$2" 2>/dev/null || true
+  local n; n=$(grep -c "^Subject: .*$3" "$1/$2" 2>/dev/null)
+  echo "${n:-0}"
 }

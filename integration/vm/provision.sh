@@ -30,7 +30,7 @@ set_conf dc_other_hostnames 'lab.example'
 install -m 0644 "$REPO/dist/exim4/fwagent-ratelimit.acl" /etc/exim4/fwagent-ratelimit.acl
 MACRO='CHECK_RCPT_LOCAL_ACL_FILE = /etc/exim4/fwagent-ratelimit.acl'
 grep -qxF "$MACRO" /etc/exim4/exim4.conf.localmacros 2>/dev/null || echo "$MACRO" >>/etc/exim4/exim4.conf.localmacros
-for u in alice bob; do id "$u" >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin "$u"; done
+for u in alice bob; do id "$u" >/dev/null 2>&1 || useradd -m -s /usr/sbin/nologin "$u"; done
 update-exim4.conf
 systemctl enable --quiet exim4.service
 systemctl restart exim4.service
