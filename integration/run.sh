@@ -618,7 +618,7 @@ phase_rotation() {
     spids+=($!); LAB_PIDS+=($!)
   done
   local _ ready
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 1200); do # up to about 60 s (slow machines, software-emulated VMs)
     ready=1
     for a in "${ROT_STREAM[@]}"; do [ "$(rl_count "$a")" -ge 1 ] || ready=0; done
     [ $ready = 1 ] && break
