@@ -14,7 +14,8 @@
 #                   fwagent as the systemd unit fwagent.service following
 #                   /var/log/exim4/mainlog. The lab adds two addresses to lo, veth links,
 #                   forwarding and a DNAT table `inet fwlab` to this host, resets Exim's
-#                   rate-limit hints, and undoes its network changes at the end.
+#                   rate-limit hints, runs `nft flush ruleset` HERE once (the flush
+#                   test), and undoes its network changes at the end.
 #
 # Needs root and the packages of integration/install-deps.sh. Prints one PASS/FAIL/SKIP
 # line per assertion, then `N passed, M failed`; exits non-zero if anything failed.
