@@ -36,6 +36,16 @@ systemctl enable --quiet exim4.service
 systemctl restart exim4.service
 log "exim4: $(exim4 -bP macro CHECK_RCPT_LOCAL_ACL_FILE)"
 
+# The test VM has no DNS at all. Debian's Exim looks up every client's name
+# (host_lookup = *), and systemd-resolved then waits 10 s on LLMNR for IPv6 reverse
+# names before failing; with LLMNR and mDNS off it fails at once, as a host with working
+# DNS answers at once. (Only for this throwaway VM: a real server keeps its resolver.)
+if [ -d /run/systemd/resolve ]; then
+  mkdir -p /etc/systemd/resolved.conf.d
+  printf '[Resolve]\nLLMNR=no\nMulticastDNS=no\n' >/etc/systemd/resolved.conf.d/fwagent-lab.conf
+  systemctl restart systemd-resolved.service
+fi
+
 # 3. fwagent.
 if [ -n "$BIN" ]; then
   install -m 0755 "$BIN" /usr/local/sbin/fwagent
