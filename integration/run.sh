@@ -44,6 +44,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/lib/exim.sh"
 
 LABTOOL=$HERE/lib/labtool.py
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the source tree
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
 LAB_MAX_SECONDS=${LAB_MAX_SECONDS:-900} # watchdog for the whole run
 LAB_POLL_MS=${LAB_POLL_MS:-4}           # how often the watcher reads the log and the sets
