@@ -85,6 +85,8 @@ LAB_PREFIX="fwi$$-"
 LAB_TMP=$(mktemp -d "/tmp/fwi$$.XXXXXX") || lab_die "mktemp failed"
 chmod 0755 "$LAB_TMP" # Exim's own user must reach its spool and log below it
 EXIM_DIR=$LAB_TMP/exim
+# Subject tag of the user's messages, unique per run: with --system the mailbox outlives runs.
+USER_TAG="lab user $(basename "$LAB_TMP") message"
 if [ $SYSTEM = 1 ]; then
   MAINLOG=/var/log/exim4/mainlog MAILDIR=/var/mail
 else
@@ -403,12 +405,12 @@ phase_flood() {
   lab_bot bot4 "$BOT4" "$SVC4" 13 "$LAB_TMP/bot4.res" & p1=$!
   lab_bot bot6 "$BOT6" "$SVC6" 13 "$LAB_TMP/bot6.res" & p2=$!
   LAB_PIDS+=("$p1" "$p2")
-  lab_swaks user "$USER4" "$SVC4" bob@lab.example "lab user message 1"; rc4=$?
-  lab_swaks user "$USER6" "$SVC6" bob@lab.example "lab user message 2"; rc6=$?
+  lab_swaks user "$USER4" "$SVC4" bob@lab.example "$USER_TAG 1"; rc4=$?
+  lab_swaks user "$USER6" "$SVC6" bob@lab.example "$USER_TAG 2"; rc6=$?
   wait "$p1" "$p2"
 
   local n
-  n=$(wait_mailbox bob "lab user message" 2)
+  n=$(wait_mailbox bob "$USER_TAG" 2)
   lab_check user_delivers "swaks exit codes v4=$rc4 v6=$rc6; $n/2 messages in bob's mailbox$(delivery_note "$n" 2)" \
     test "$rc4" = 0 -a "$rc6" = 0 -a "$n" = 2
 
@@ -441,9 +443,9 @@ fw_phase_drops() {
     "dropped_prefix64[$BOT6_SIBLING] bot6 $BOT6_SIBLING $SVC6 25 smtp"
 
   local rc4 rc6 n
-  lab_swaks user "$USER4" "$SVC4" bob@lab.example "lab user message 3"; rc4=$?
-  lab_swaks user "$USER6" "$SVC6" bob@lab.example "lab user message 4"; rc6=$?
-  n=$(wait_mailbox bob "lab user message" 4)
+  lab_swaks user "$USER4" "$SVC4" bob@lab.example "$USER_TAG 3"; rc4=$?
+  lab_swaks user "$USER6" "$SVC6" bob@lab.example "$USER_TAG 4"; rc6=$?
+  n=$(wait_mailbox bob "$USER_TAG" 4)
   lab_check user_delivers_after_bans "swaks exit codes v4=$rc4 v6=$rc6; $n/4 messages in bob's mailbox$(delivery_note "$n" 4)" \
     test "$rc4" = 0 -a "$rc6" = 0 -a "$n" = 4
   check_open "user_published_after_bans[$USER4]" user "$USER4" "$SVC4" "$PUB_PORT" http 200
@@ -521,11 +523,12 @@ fw_phase_restart() {
     sleep 0.05
   done
   local r lat
-  r=$(analyze --since "$t_restart" "$CATCHUP4")
+  # From the kill on: with --system, systemd may have restarted the agent by itself.
+  r=$(analyze --since "$t0" "$CATCHUP4")
   lat=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1])[sys.argv[2]]
 print("%.0f" % ((r["ban_t"] - float(sys.argv[3])) * 1000) if r["ban_t"] else "none")' "$r" "$CATCHUP4" "$t_restart")
   lab_check restart_catches_up \
-    "$CATCHUP4 ($(rl_count "$CATCHUP4") lines written while the agent was down) banned $lat ms after restart" \
+    "$CATCHUP4 ($(rl_count "$CATCHUP4") lines written after the kill) banned $lat ms after the restart" \
     test "$lat" != none
 
   sleep 0.5
