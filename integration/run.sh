@@ -228,6 +228,10 @@ system_exim_prepare() {
   command -v systemctl >/dev/null || lab_die "--system needs systemd"
   grep -qs 'fwagent-ratelimit.acl' /etc/exim4/exim4.conf.localmacros /etc/exim4/conf.d/main/000_localmacros \
     || lab_die "--system: the ACL from dist/exim4 is not configured; run integration/vm/provision.sh"
+  # An agent following this log would count an earlier run's lines: fresh VMs only.
+  if grep -qs 'Rate limited: \(198\.51\.100\.\|2001:db8:\)' "$MAINLOG" "$MAINLOG.1"; then
+    lab_die "--system: $MAINLOG already holds lab lines from an earlier run; use a fresh VM"
+  fi
   systemctl stop exim4.service
   rm -f /var/spool/exim4/db/ratelimit /var/spool/exim4/db/ratelimit.lockfile
   systemctl start exim4.service || lab_die "cannot start exim4.service"
