@@ -98,7 +98,7 @@ cmd_up() {
   cd "$REPO"
   t0=$(date +%s)
   in_ns env VAGRANT_HOME="$VAGRANT_HOME" vagrant up --provider=libvirt 2>&1 \
-    | tr '\r' '\n' | grep -v Progress: | tee "$VMDIR/vagrant-up.log" || rc=$?
+    | tr '\r' '\n' | grep --line-buffered -v Progress: | tee "$VMDIR/vagrant-up.log" || rc=$?
   log "vagrant up (provisioning and the lab): $(($(date +%s) - t0)) s"
   grep -E '^ *fwagent-lab: (PASS|FAIL|SKIP|[0-9]+ passed)' "$VMDIR/vagrant-up.log" >/dev/null \
     || grep -E '(PASS|FAIL|SKIP) |passed, ' "$VMDIR/vagrant-up.log" | tail -n 3 || true
