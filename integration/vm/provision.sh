@@ -8,8 +8,8 @@
 #
 # Exim is set to listen on all addresses (dc_local_interfaces='') and to accept mail for
 # lab.example (dc_other_hostnames); users alice and bob receive it in /var/mail. fwagent:
-# the binary goes to /usr/local/sbin/fwagent; the systemd unit is installed and started
-# when the project ships one (dist/systemd/fwagent.service). Idempotent.
+# the binary goes to /usr/local/bin/fwagent; the systemd unit is installed and started
+# when the project ships one (dist/fwagent.service). Idempotent.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -48,10 +48,10 @@ fi
 
 # 3. fwagent.
 if [ -n "$BIN" ]; then
-  install -m 0755 "$BIN" /usr/local/sbin/fwagent
-  log "fwagent: $(/usr/local/sbin/fwagent --version)"
+  install -m 0755 "$BIN" /usr/local/bin/fwagent
+  log "fwagent: $(/usr/local/bin/fwagent --version)"
 fi
-UNIT=$REPO/dist/systemd/fwagent.service
+UNIT=$REPO/dist/fwagent.service
 if [ -f "$UNIT" ]; then
   install -m 0644 "$UNIT" /etc/systemd/system/fwagent.service
   systemctl daemon-reload
