@@ -90,6 +90,30 @@ fn set_count(status: &Value, set: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Regression (found by the Exim lab, where the namespace also holds a DNAT table): the
+/// kernel's chain dump is not filtered by table, so other tables' chains made our table look
+/// different and every apply rebuilt it (resetting counters, and looping on our own events).
+#[test]
+fn other_tables_chains_do_not_make_ours_differ() {
+    if !root_or_skip("other_tables_chains_do_not_make_ours_differ") {
+        return;
+    }
+    let ns = NetNs::new();
+    ns.ok("nft", &["add", "table", "inet", "other"]);
+    for (chain, hook) in [("input", "input"), ("prerouting", "prerouting"), ("x", "")] {
+        let spec = if hook.is_empty() {
+            "{ }".to_string()
+        } else {
+            format!("{{ type filter hook {hook} priority 0; }}")
+        };
+        ns.ok("nft", &["add", "chain", "inet", "other", chain, &spec]);
+    }
+    assert!(ns.fwagent_ok(&[], &["setup"]).contains("created"));
+    let before = ns.ok("nft", &["-j", "list", "ruleset"]);
+    assert!(ns.fwagent_ok(&[], &["setup"]).contains("up to date"));
+    assert_eq!(ns.ok("nft", &["-j", "list", "ruleset"]), before);
+}
+
 #[test]
 fn setup_matches_golden_ruleset_and_is_idempotent() {
     if !root_or_skip("setup_matches_golden_ruleset_and_is_idempotent") {

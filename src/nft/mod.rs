@@ -245,7 +245,14 @@ impl Nft {
             &op,
             |b, seq| chain::dump_chains(b, seq, table),
             Vec::new,
-            |v, m| v.push(chain::parse_chain(m)),
+            // The kernel filters set and rule dumps by table, but a chain dump returns the
+            // chains of every table of the family: keep ours only.
+            |v, m| {
+                let c = chain::parse_chain(m);
+                if c.table == table {
+                    v.push(c);
+                }
+            },
         )
     }
 
