@@ -193,21 +193,29 @@ def cmd_watch(a):
             out.write(json.dumps(ev) + "\n")
 
         emit(ev="start", libnftables=nft.ctx is not None)
-        while not stop and time.monotonic() < deadline:
-            # Order matters: the log first, then the kernel, so a line is never stamped
-            # later than a ban it caused.
+        def drain():
             for line in follower.read_lines():
                 m = RATE_RE.search(line)
                 if m:
                     addr = m.group(1).decode()
                     hits[addr] = hits.get(addr, 0) + 1
                     emit(ev="line", addr=addr, n=hits[addr], ino=follower.ino)
+
+        while not stop and time.monotonic() < deadline:
+            # Order matters: the log first, then the kernel, so a line is never stamped
+            # later than a ban it caused.
+            drain()
             sets = table_elems(nft, a.family, a.table)
             now = {}
             for name, elems in (sets or {}).items():
                 if name.startswith(a.set_prefix):
                     for e in elems:
                         now[e] = name
+            if any(e not in known for e in now):
+                # A line written and acted on while the kernel was being read (the agent
+                # can be faster than one watcher cycle): read it before stamping the ban,
+                # so such a ban counts as "within one watcher cycle", not "before the line".
+                drain()
             for e, name in now.items():
                 if e not in known:
                     emit(ev="ban", elem=e, set=name)
@@ -383,6 +391,39 @@ def cmd_status(a):
     print(json.dumps(res))
 
 
+def cmd_dashboard(a):
+    """Polls the agent's /api/status (the JSON the dashboard page renders) until its blocked
+    count and per-hook drops equal the kernel's, or the timeout ends (the page's snapshot is
+    refreshed in the background, every 30 s by default)."""
+    import urllib.request
+    nft = Nft()
+    t0 = time.monotonic()
+    last = {}
+    while time.monotonic() - t0 < a.timeout:
+        sets = table_elems(nft, a.family, a.table) or {}
+        kernel = {"blocked": sum(len(s) for s in sets.values()),
+                  "drops": drop_packets(nft, a.family, a.table)}
+        try:
+            with urllib.request.urlopen(a.url, timeout=5) as r:
+                page = json.load(r)
+            drops = {}
+            for d in page.get("drops", []):
+                drops[d["hook"]] = drops.get(d["hook"], 0) + d.get("packets", 0)
+            shown = {"blocked": page.get("blocked", {}).get("total"), "drops": drops}
+        except Exception as e:  # noqa: BLE001 - reported, then retried
+            shown = {"error": str(e)}
+        last = {"kernel": kernel, "dashboard": shown,
+                "waited_s": round(time.monotonic() - t0, 1)}
+        if shown.get("blocked") == kernel["blocked"] and all(
+                shown.get("drops", {}).get(h) == n for h, n in kernel["drops"].items()):
+            last["equal"] = True
+            print(json.dumps(last))
+            return
+        time.sleep(1)
+    last["equal"] = False
+    print(json.dumps(last))
+
+
 def cmd_rotate(a):
     """Renames LOG to LOG.1 and creates an empty LOG (0640, owner:adm), like logrotate's
     `create 640 Debian-exim adm`. If the daemon recreated LOG first, that file is kept:
@@ -450,6 +491,11 @@ def main():
     p = sub.add_parser("status")
     p.add_argument("addr", nargs="*")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("dashboard", parents=[tbl])
+    p.add_argument("--url", default="http://127.0.0.1:9180/api/status")
+    p.add_argument("--timeout", type=float, default=40.0)
+    p.set_defaults(fn=cmd_dashboard)
 
     p = sub.add_parser("rotate")
     p.add_argument("--log", required=True)
