@@ -1249,8 +1249,8 @@ impl Table {
     fn print(&self) {
         println!("\n== summary ({}) ==", load());
         println!(
-            "{:<52} {:<40} {:>26}  {:<12} {}",
-            "measure", "who", "value", "target", ""
+            "{:<52} {:<40} {:>26}  {:<12} met?",
+            "measure", "who", "value", "target"
         );
         for (what, who, value, target, ok) in &self.0 {
             let mark = if target.is_empty() {
