@@ -5,6 +5,7 @@
 //!     cargo bench --bench agent
 //!     FWB_QUICK=1 cargo bench --bench agent     # one run per figure, fewer latency bans
 //!     FWB_REFS=0 cargo bench --bench agent      # skip the references
+//!     FWB_ONLY=idle,refs cargo bench --bench agent  # a subset: latency,burst,sustained,idle,refs
 //!
 //! The agent is the real binary (`fwagent run --log FILE --state-dir DIR`) started with
 //! `ip netns exec`; the bench appends to the followed file and watches the kernel:
@@ -60,12 +61,23 @@ fn main() {
     println!("fwagent agent benchmark — {}", load());
     println!("binary: {BIN}");
 
+    // FWB_ONLY=latency,burst,sustained,idle,refs runs a subset (all by default).
+    let only = std::env::var("FWB_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let mut table = Table::default();
-    latency_ours(&work, runs, if quick { 100 } else { 150 }, &mut table);
-    burst_ours(&work, runs, &mut table);
-    sustained_ours(&work, &mut table);
-    idle_ours(&work, &mut table);
-    if refs {
+    if want("latency") {
+        latency_ours(&work, runs, if quick { 100 } else { 150 }, &mut table);
+    }
+    if want("burst") {
+        burst_ours(&work, runs, &mut table);
+    }
+    if want("sustained") {
+        sustained_ours(&work, &mut table);
+    }
+    if want("idle") {
+        idle_ours(&work, &mut table);
+    }
+    if refs && want("refs") {
         references(&work, quick, &mut table);
     }
     table.print();
@@ -197,16 +209,46 @@ fn group_pids(pgid: u32) -> Vec<u32> {
     out
 }
 
+/// CPU of a process group, including the children its members have waited for (the `nft`
+/// processes a reference spawns per ban end up in their parent's cutime/cstime).
 fn group_cpu(pgid: u32) -> u64 {
-    group_pids(pgid).into_iter().map(cpu_ticks).sum()
+    group_pids(pgid)
+        .into_iter()
+        .map(|p| cpu_ticks(p) + child_ticks(p))
+        .sum()
+}
+
+fn child_ticks(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // cutime(13) cstime(14) after ")".
+    n(13) + n(14)
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// VmRSS with its parts: anonymous memory (heap, stacks) and file pages (mostly the
+/// binary's own code, which depends on its size, not on what the agent does).
+fn rss_parts(pid: u32) -> String {
+    format!(
+        "VmRSS {} KiB (anon {} KiB, file {} KiB; peak VmHWM {} KiB)",
+        rss_kib(pid),
+        status_kib(pid, "RssAnon:"),
+        status_kib(pid, "RssFile:"),
+        status_kib(pid, "VmHWM:")
+    )
 }
 
 fn group_rss(pgid: u32) -> u64 {
@@ -846,6 +888,17 @@ fn sustained_ours(work: &TempDir, t: &mut Table) {
         .status()
         .and_then(|s| s["active_bans"].as_u64())
         .unwrap_or(0);
+    println!(
+        "  after the run ({bans} bans made from the log): {}",
+        rss_parts(pid)
+    );
+    t.row(
+        "RSS with 100,000 bans made from the log",
+        "fwagent",
+        mib(rss_kib(pid)),
+        "≤ 30 MiB",
+        rss_kib(pid) <= 30 * 1024,
+    );
     println!("    t        written    counted    backlog   agent CPU (cumulative)");
     for (at, w, h, b, c) in &samples {
         println!(
@@ -904,9 +957,9 @@ fn idle_ours(work: &TempDir, t: &mut Table) {
     std::thread::sleep(Duration::from_secs(10));
     let (idle, wakes) = (cpu_ticks(pid) - c0, ctx_switches(pid) - s0);
     println!(
-        "  idle 10 s: {idle} ticks (1 tick = {} ms), {wakes} context switches; RSS after start-up {} KiB; {}",
+        "  idle 10 s: {idle} ticks (1 tick = {} ms), {wakes} context switches; after start-up {}; {}",
         1000 / clk_tck(),
-        rss_start,
+        rss_parts(pid),
         load()
     );
     t.row(
@@ -952,9 +1005,9 @@ fn idle_ours(work: &TempDir, t: &mut Table) {
     std::thread::sleep(Duration::from_secs(10));
     let (idle2, wakes2) = (cpu_ticks(pid) - c0, ctx_switches(pid) - s0);
     println!(
-        "  100,000 bans via the control socket in {}; agent reports {bans}; RSS {} KiB; then idle 10 s: {idle2} ticks, {wakes2} context switches",
+        "  100,000 bans via the control socket in {}; agent reports {bans}; {}; then idle 10 s: {idle2} ticks, {wakes2} context switches",
         ms(took),
-        rss_bans
+        rss_parts(pid)
     );
     t.row(
         "RSS with 100,000 active bans",
@@ -1051,7 +1104,7 @@ fn sshguard(work: &TempDir, quick: bool, t: &mut Table) {
         n,
         first,
         &sshd_line,
-        |_| std::thread::sleep(Duration::from_millis(30)),
+        |i| std::thread::sleep(Duration::from_millis(30 + (i as u64 * 7) % 20)),
         "attackers",
         Duration::from_secs(3),
     );
@@ -1081,11 +1134,13 @@ fn sshguard(work: &TempDir, quick: bool, t: &mut Table) {
         .is_ok_and(|s| s.success());
     if ok {
         let bytes = fs::read(&generated).unwrap();
+        watcher.drain();
         let (elapsed, cpu) = until_quiet(pg, || log.write_all(&bytes).unwrap());
         println!(
-            "  burst 100k sshd lines: busy for {} , {} ms CPU (whole pipeline); {}",
+            "  burst 100k sshd lines: busy for {}, {} ms CPU (whole pipeline, nft children included), {} addresses banned; {}",
             ms(elapsed),
             cpu * 1000 / clk_tck(),
+            banned_since_drain(&watcher, "attackers"),
             load()
         );
         t.row(
@@ -1097,6 +1152,17 @@ fn sshguard(work: &TempDir, quick: bool, t: &mut Table) {
         );
     }
     drop(proc);
+}
+
+/// Distinct element keys added to sets named `prefix…` since the last drain.
+fn banned_since_drain(w: &Watcher, prefix: &str) -> usize {
+    let mut keys = HashSet::new();
+    while let Ok(ev) = w.rx.try_recv() {
+        if ev.set.starts_with(prefix) {
+            keys.extend(ev.keys);
+        }
+    }
+    keys.len()
 }
 
 /// Runs `act`, then waits until the process group used no CPU for 1 s (bounded 120 s).
@@ -1198,7 +1264,9 @@ fn fail2ban(work: &TempDir, quick: bool, t: &mut Table) {
         n,
         first,
         &exim_line,
-        |_| std::thread::sleep(Duration::from_millis(200)),
+        // fail2ban's ban thread wakes on its own schedule: spread the third line over a
+        // whole second of phase (150–1150 ms after the first two), deterministically.
+        |i| std::thread::sleep(Duration::from_millis(150 + (i as u64 * 379) % 1000)),
         "addr-set",
         Duration::from_secs(5),
     );
@@ -1215,12 +1283,15 @@ fn fail2ban(work: &TempDir, quick: bool, t: &mut Table) {
     t.row("latency median", "fail2ban", ms(s.median), "", true);
     t.row("latency p99", "fail2ban", ms(s.p99), "", true);
     t.row("RSS after start-up", "fail2ban", mib(rss), "", true);
-    let (bytes, _, _) = burst_input(work);
+    let (bytes, expected, _) = burst_input(work);
+    watcher.drain();
     let (elapsed, cpu) = until_quiet(pg, || log.write_all(&bytes).unwrap());
     println!(
-        "  burst 100k exim lines: busy for {}, {} ms CPU; {}",
+        "  burst 100k exim lines: busy for {}, {} ms CPU (nft children included), {} addresses banned (truth: {}); {}",
         ms(elapsed),
         cpu * 1000 / clk_tck(),
+        banned_since_drain(&watcher, "addr"),
+        expected.len(),
         load()
     );
     t.row(
