@@ -1293,6 +1293,14 @@ fn fail2ban(work: &TempDir, quick: bool, t: &mut Table) {
     let c0 = group_cpu(pg);
     std::thread::sleep(Duration::from_secs(5));
     let idle = group_cpu(pg) - c0;
+    // Which backend the jail really got (fail2ban falls back silently when one is missing).
+    let backend = fs::read_to_string(dir.join("fail2ban.log"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("backend"))
+        .map(|l| l.split_once("fail2ban.").map_or(l, |(_, r)| r).to_string())
+        .unwrap_or_else(|| "backend not reported in fail2ban.log".into());
+    println!("  {backend}");
     println!("  RSS after start-up {} KiB; idle 5 s: {idle} ticks", rss);
     let n = if quick { 20 } else { 40 };
     let first = u32::from(Ipv4Addr::new(198, 19, 128, 1));
