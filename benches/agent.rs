@@ -6,6 +6,7 @@
 //!     FWB_QUICK=1 cargo bench --bench agent     # one run per figure, fewer latency bans
 //!     FWB_REFS=0 cargo bench --bench agent      # skip the references
 //!     FWB_ONLY=idle,refs cargo bench --bench agent  # a subset: latency,burst,sustained,idle,refs
+//!     FWB_BIN=/tmp/other/fwagent cargo bench --bench agent  # measure another build
 //!
 //! The agent is the real binary (`fwagent run --log FILE --state-dir DIR`) started with
 //! `ip netns exec`; the bench appends to the followed file and watches the kernel:
@@ -35,7 +36,11 @@ use fwagent::control::{self, Request};
 use fwagent::nft::wire;
 
 const GEN: &str = "/work/shared/tools/gen-logs.py";
-const BIN: &str = env!("CARGO_BIN_EXE_fwagent");
+/// The release binary `cargo bench` built; `FWB_BIN=/path/to/fwagent` measures another
+/// build (e.g. one made with other profile settings) with the same harness.
+fn bin() -> String {
+    std::env::var("FWB_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fwagent").to_string())
+}
 /// nfnetlink multicast group of nftables events.
 const NFNLGRP_NFTABLES: u32 = 7;
 /// NEWSETELEM attributes: the set name, the element list; in an element its key and flags.
@@ -59,7 +64,7 @@ fn main() {
     let runs = if quick { 1 } else { 3 };
     let work = TempDir::new("fwb-agent");
     println!("fwagent agent benchmark — {}", load());
-    println!("binary: {BIN}");
+    println!("binary: {}", bin());
 
     // FWB_ONLY=latency,burst,sustained,idle,refs runs a subset (all by default).
     let only = std::env::var("FWB_ONLY").unwrap_or_default();
@@ -475,7 +480,7 @@ impl Agent {
         let err = File::create(dir.join("agent.log")).expect("agent log");
         let proc = Proc::spawn(
             Command::new("ip")
-                .args(["netns", "exec", &ns.0, BIN, "run", "--log"])
+                .args(["netns", "exec", &ns.0, &bin(), "run", "--log"])
                 .arg(&log_path)
                 .arg("--state-dir")
                 .arg(&state)
