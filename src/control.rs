@@ -38,6 +38,10 @@ pub enum Request {
     Status,
     /// Every ban with remaining time and counters.
     List,
+    /// The `list` entries of just these bans (networks as the agent stores them, e.g.
+    /// `198.51.100.7/32`); unknown ones are left out. Status joins its top offenders with it
+    /// without fetching every ban.
+    Bans { targets: Vec<String> },
     /// Remove our table and every ban, and stop enforcing until the agent restarts.
     Teardown,
 }

@@ -10,6 +10,9 @@
 //!   per-element timeouts and counters, input/forward drop rules, all over raw nfnetlink.
 //! - [`agent`]   — `fwagent run`: the loop that joins followers, detector, kernel and store.
 //! - [`control`] — the root-only Unix socket through which the CLI talks to a running agent.
+//! - [`status`]  — one status snapshot (kernel counters + the agent's figures) and its views:
+//!   `fwagent status [--json]`, the dashboard, `/api/status`, `/metrics` (served by
+//!   `agent::web`).
 //! - [`state`]   — the persistent store (redb): active bans, offence history, follower
 //!   checkpoints; crash-safe, a bad file is moved aside, never fatal.
 //! - [`config`]  — the TOML configuration (embedded default, file/line/key errors).
@@ -26,3 +29,4 @@ pub mod duration;
 pub mod follow;
 pub mod nft;
 pub mod state;
+pub mod status;

@@ -1210,11 +1210,9 @@ fn permanent_bans_stay_permanent_across_reboot() {
     assert_eq!((e.timeout, e.expires), (None, None), "{e:?}");
 }
 
-/// What happens to a ban lifted with the CLI while no agent ran. Today the agent puts it
-/// back on start (it cannot tell this from a reboot that left a CLI-made table behind):
-/// ignored until the lead decides (e.g. a boot id in the store would tell them apart).
+/// With no agent running, a CLI unban is recorded in the agent's store too (one writer at a
+/// time), so the agent does not mistake the missing element for a reboot and restore it.
 #[test]
-#[ignore = "policy open: a CLI unban while the agent is down is undone on start"]
 fn cli_unban_while_no_agent_ran_is_respected() {
     if !root_or_skip("cli_unban_while_no_agent_ran_is_respected") {
         return;
@@ -1225,8 +1223,18 @@ fn cli_unban_while_no_agent_ran_is_respected() {
     lab.append_main(&rate_limited("198.51.100.11", 3));
     lab.wait_banned("198.51.100.11");
     lab.stop();
-    lab.ns
-        .fwagent_ok(&[], &["unban", "--config", &cfg, "198.51.100.11"]);
+    let dir = lab.state_dir().display().to_string();
+    lab.ns.fwagent_ok(
+        &[],
+        &[
+            "unban",
+            "--config",
+            &cfg,
+            "--state-dir",
+            &dir,
+            "198.51.100.11",
+        ],
+    );
     assert!(lab.elem("198.51.100.11").is_none());
     lab.start_config();
     assert!(

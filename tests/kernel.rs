@@ -591,7 +591,7 @@ fn whole_cli_on_the_6_1_paths() {
         ],
     );
     let st = json(&ns, &env, &["status", "--json"]);
-    assert_eq!(st["kernel"]["destroy"], false);
+    assert_eq!(st["features"]["destroy"], false);
     for (set, n) in [("banned4", 1), ("banned6", 1), ("nets4", 1), ("nets6", 0)] {
         assert_eq!(set_count(&st, set), n, "{set}");
     }

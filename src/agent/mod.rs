@@ -23,8 +23,9 @@
 pub mod kernel;
 pub mod server;
 pub mod watch;
+pub mod web;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -229,6 +230,8 @@ struct Source {
     handle: SourceHandle,
     /// Position after the last batch we processed (what a restart resumes from).
     checkpoint: Option<Checkpoint>,
+    /// Lines of this file that counted towards each rule (for status and metrics).
+    matched: BTreeMap<String, u64>,
 }
 
 /// Figures for status and metrics (since the agent started).
@@ -236,6 +239,7 @@ struct Source {
 struct RuleFigures {
     hits: u64,
     bans: u64,
+    unbans: u64,
 }
 
 /// The newest ban, for status.
@@ -272,12 +276,19 @@ struct Agent {
     reinstalls: u64,
     kernel_errors: u64,
     last_ban: Option<LastBan>,
+    /// The newest bans (at most [`RECENT_BANS`]), oldest first, for the dashboard.
+    recent_bans: VecDeque<LastBan>,
     last_generation: Option<u32>,
     started: Instant,
     socket_path: Option<PathBuf>,
+    /// Shared with the status refresher and the web server (running totals, history).
+    hub: Arc<web::Hub>,
     /// Work was done since the last tick: give freed heap back to the kernel on the next one.
     trim_pending: bool,
 }
+
+/// How many recent bans status keeps.
+const RECENT_BANS: usize = 10;
 
 /// Brings the agent up; see the module docs for the order.
 async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
@@ -342,7 +353,8 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
 
     let (_, events) = mpsc::channel(1);
     let (stop_followers, _) = tokio_watch::channel(false);
-    let (_, calls) = mpsc::channel(1);
+    // One request channel for the control socket and the status refresher.
+    let (calls_tx, calls) = mpsc::channel(16);
     let mut agent = Agent {
         opts,
         cfg,
@@ -366,16 +378,30 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         reinstalls: 0,
         kernel_errors: 0,
         last_ban: None,
+        recent_bans: VecDeque::new(),
         last_generation: None,
         started: Instant::now(),
         socket_path: None,
+        hub: web::Hub::new(),
         trim_pending: true,
     };
 
     agent.reconcile(stored, now).await?;
     agent.unban_protected("start-up").await;
     if !agent.opts.dry_run {
-        agent.bind_control()?;
+        agent.bind_control(calls_tx.clone())?;
+    }
+    let feed = web::Feed {
+        kernel: agent.kernel.clone(),
+        features: agent.features,
+        schema: agent.schema.clone(),
+        calls: calls_tx,
+    };
+    if let Err(e) = web::start(&agent.cfg.web, agent.hub.clone(), feed) {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "no dashboard or metrics; the agent runs on without them"
+        );
     }
     agent.start_sources(checkpoints);
     // A follower takes its position (the end of the file, on a first start) when its task
@@ -482,11 +508,9 @@ impl Agent {
         .context("reading kernel elements")?
     }
 
-    fn bind_control(&mut self) -> Result<()> {
+    fn bind_control(&mut self, tx: mpsc::Sender<server::Call>) -> Result<()> {
         let path = crate::control::socket_path(&self.cfg.state.run_dir);
         let listener = server::bind(&path)?;
-        let (tx, rx) = mpsc::channel(16);
-        self.calls = rx;
         tokio::spawn(server::serve(listener, path.clone(), tx));
         self.socket_path = Some(path);
         Ok(())
@@ -530,6 +554,7 @@ impl Agent {
                     StartAt::Checkpoint(c) => Some(c),
                     _ => None,
                 },
+                matched: BTreeMap::new(),
             });
         }
     }
@@ -642,6 +667,10 @@ impl Agent {
         }
         for (id, n) in hits.into_iter().enumerate().filter(|(_, n)| *n > 0) {
             let name = self.detector.rules()[id].name.clone();
+            *self.sources[batch.source.0]
+                .matched
+                .entry(name.clone())
+                .or_default() += n;
             self.rule_figures.entry(name).or_default().hits += n;
         }
         let mut txn = Txn::new();
@@ -716,11 +745,7 @@ impl Agent {
             }
             tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "banned");
             self.rule_figures.entry(ban.rule.clone()).or_default().bans += 1;
-            self.last_ban = Some(LastBan {
-                target: ban.target.to_string(),
-                rule: ban.rule.clone(),
-                at_unix: unix(now),
-            });
+            self.note_ban(ban.target, &ban.rule, now);
             txn.put_ban(&ban);
             if let Some(times) = self.detector.history_of(key)
                 && let Err(e) = txn.set_history(ban.target, now, times)
@@ -736,7 +761,8 @@ impl Agent {
         let Some(kernel) = self.kernel.clone() else {
             return;
         };
-        match kernel.apply(self.schema.clone(), self.own).await {
+        let applied = self.reapply(&kernel, self.schema.clone(), self.own).await;
+        match applied {
             Ok(Applied::Unchanged) => {}
             Ok(outcome) => {
                 self.reinstalls += 1;
@@ -792,6 +818,39 @@ impl Agent {
         }
     }
 
+    /// Applies `schema` for a running agent, bracketed for the running drop totals: the last
+    /// sample of the current rules first (while they can still be read), then the apply,
+    /// then whether the rules were created anew (their counters restarted).
+    async fn reapply(
+        &self,
+        kernel: &KernelHandle,
+        schema: Schema,
+        own: bool,
+    ) -> Result<Applied, kernel::KernelError> {
+        let last = web::counters(kernel.schema(), self.features).await;
+        self.hub.begin_reinstall(last.as_deref());
+        let applied = kernel.apply(schema, own).await;
+        self.hub.end_reinstall(matches!(
+            applied,
+            Ok(Applied::Created | Applied::Rebuilt { .. })
+        ));
+        applied
+    }
+
+    /// Records a ban for status: the newest, and the short list of recent ones.
+    fn note_ban(&mut self, target: IpNet, rule: &str, now: SystemTime) {
+        let b = LastBan {
+            target: target.to_string(),
+            rule: rule.to_string(),
+            at_unix: unix(now),
+        };
+        if self.recent_bans.len() == RECENT_BANS {
+            self.recent_bans.pop_front();
+        }
+        self.recent_bans.push_back(b.clone());
+        self.last_ban = Some(b);
+    }
+
     /// The safety net for missed events: if the ruleset generation moved, check our table.
     async fn check_generation(&mut self) {
         let Some(kernel) = &self.kernel else { return };
@@ -806,6 +865,9 @@ impl Agent {
 
     fn prune(&mut self) {
         let now = SystemTime::now();
+        for b in self.bans.values().filter(|b| !b.is_active(now)) {
+            self.rule_figures.entry(b.rule.clone()).or_default().unbans += 1;
+        }
         self.bans.retain(|_, b| b.is_active(now));
         self.detector.prune(now);
         let (store, window) = (self.store.clone(), self.cfg.escalation.history);
@@ -852,7 +914,9 @@ impl Agent {
         }
         let mut txn = Txn::new();
         for net in nets {
-            self.bans.remove(net);
+            if let Some(b) = self.bans.remove(net) {
+                self.rule_figures.entry(b.rule).or_default().unbans += 1;
+            }
             self.detector.forgive(net_key(*net));
             txn.remove_ban(*net);
             txn.clear_history(*net);
@@ -884,8 +948,8 @@ impl Agent {
             && (schema != self.schema || own != self.own)
         {
             let old_table = self.schema.table.clone();
-            let applied = kernel
-                .apply(schema.clone(), own)
+            let applied = self
+                .reapply(&kernel, schema.clone(), own)
                 .await
                 .map_err(|e| anyhow::anyhow!("applying the new schema: {e}"))?;
             tracing::info!(?applied, table = %schema.table, "kernel objects follow the new configuration");
@@ -961,6 +1025,7 @@ impl Agent {
                 serde_json::to_value(self.figures_json()).unwrap_or_default(),
             ),
             Request::List => Response::ok("", self.list_json()),
+            Request::Bans { targets } => Response::ok("", self.bans_json(&targets)),
             Request::Teardown => {
                 let Some(kernel) = &self.kernel else {
                     return Response::err("dry run: no kernel table to remove");
@@ -1047,6 +1112,7 @@ impl Agent {
             );
             txn.put_ban(&ban);
             self.bans.insert(*net, ban);
+            self.note_ban(*net, state::MANUAL, now);
         }
         self.committer.submit(txn);
         let what = if nets.len() == 1 {
@@ -1107,6 +1173,7 @@ impl Agent {
                     name: r.name.clone(),
                     hits: f.hits,
                     bans: f.bans,
+                    unbans: f.unbans,
                 }
             })
             .filter(|r| self.sources.iter().any(|s| s.rules.contains(&r.name)))
@@ -1126,6 +1193,9 @@ impl Agent {
             reinstalls: self.reinstalls,
             kernel_errors: self.kernel_errors,
             last_ban: self.last_ban.clone(),
+            recent_bans: self.recent_bans.iter().cloned().collect(),
+            drop_counters: self.hub.carried(),
+            history: self.hub.history(),
             rules,
             sources: self
                 .sources
@@ -1141,6 +1211,7 @@ impl Agent {
                         errors: st.errors,
                         rotations: st.rotations,
                         offset: st.offset,
+                        matched: s.matched.clone(),
                     }
                 })
                 .collect(),
@@ -1153,20 +1224,33 @@ impl Agent {
             .bans
             .values()
             .filter(|b| b.is_active(now))
-            .map(|b| {
-                serde_json::json!({
-                    "target": b.target.to_string(),
-                    "rule": b.rule,
-                    "hits": b.hits,
-                    "times_banned": b.times_banned,
-                    "banned_at_unix": unix(b.banned_at),
-                    "expires_at_unix": b.expires_at.map(unix),
-                })
-            })
+            .map(ban_json)
             .collect();
         v.sort_by(|a, b| a["target"].as_str().cmp(&b["target"].as_str()));
         serde_json::Value::Array(v)
     }
+
+    /// The `list` entries of the named bans only (status's top offenders).
+    fn bans_json(&self, targets: &[String]) -> serde_json::Value {
+        let v = targets
+            .iter()
+            .filter_map(|t| t.parse::<IpNet>().ok())
+            .filter_map(|net| self.bans.get(&net.trunc()))
+            .map(ban_json)
+            .collect();
+        serde_json::Value::Array(v)
+    }
+}
+
+fn ban_json(b: &state::Ban) -> serde_json::Value {
+    serde_json::json!({
+        "target": b.target.to_string(),
+        "rule": b.rule,
+        "hits": b.hits,
+        "times_banned": b.times_banned,
+        "banned_at_unix": unix(b.banned_at),
+        "expires_at_unix": b.expires_at.map(unix),
+    })
 }
 
 /// Hands memory freed since the last call back to the kernel. glibc keeps the peak of a bulk
@@ -1208,6 +1292,15 @@ pub struct AgentFigures {
     pub reinstalls: u64,
     pub kernel_errors: u64,
     pub last_ban: Option<LastBan>,
+    /// The newest bans, oldest first (at most 10).
+    #[serde(default)]
+    pub recent_bans: Vec<LastBan>,
+    /// Drop counters carried across re-created rules (see `crate::status::totals`).
+    #[serde(default)]
+    pub drop_counters: Vec<crate::status::totals::Carried>,
+    /// Bans and drops over the last 24 h.
+    #[serde(default)]
+    pub history: crate::status::totals::HistoryJson,
     pub rules: Vec<RuleJson>,
     pub sources: Vec<SourceJson>,
 }
@@ -1221,6 +1314,8 @@ pub struct RuleJson {
     pub name: String,
     pub hits: u64,
     pub bans: u64,
+    #[serde(default)]
+    pub unbans: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -1233,4 +1328,7 @@ pub struct SourceJson {
     pub errors: u64,
     pub rotations: u64,
     pub offset: u64,
+    /// Lines that counted towards each rule.
+    #[serde(default)]
+    pub matched: BTreeMap<String, u64>,
 }

@@ -1,11 +1,11 @@
-//! `setup`, `teardown`, `ban`, `unban`, `list`, `status`: the kernel commands. Each loads the
-//! configuration (table, set size, IPv6 prefix, priority, ban time), opens one netlink
-//! handle and prints one result.
+//! `setup`, `teardown`, `ban`, `unban`, `list`: the kernel commands (`status` lives in
+//! `crate::status`). Each loads the configuration (table, set size, IPv6 prefix, priority,
+//! ban time), opens one netlink handle and prints one result.
 //!
 //! One writer: while an agent runs, `ban`, `unban` and `teardown` are sent to it over its
-//! control socket (so its store and the kernel never drift) and `status` adds its figures;
-//! with no agent they act on the kernel directly, and the agent adopts what it finds. Exit codes: 0 done, 1 runtime error (or, for `status`, a
-//! missing table or rule), 2 usage or configuration error — then nothing was changed.
+//! control socket, so its store and the kernel never drift; with no agent they act on the
+//! kernel directly (and on the agent's store, if it has one). Exit codes: 0 done, 1 runtime
+//! error, 2 usage or configuration error — then nothing was changed.
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::agent::manual_target;
+use crate::agent::{manual_target, target_net};
 use crate::control::{self, ControlError, Request, Response};
 use crate::detect::{LocalAddrs, NeverBan};
 use crate::duration::{self, Human};
-use crate::nft::{self, Applied, Element, Family, Hook, Nft, Schema, Target};
+use crate::nft::{self, Applied, Element, Nft, Schema, Target};
+use crate::state::{self, Store, Txn};
 
 /// Options shared by every kernel command.
 #[derive(clap::Args, Debug)]
@@ -31,6 +32,11 @@ pub struct Common {
     /// /run/fwagent; an agent started with --state-dir DIR listens in DIR).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// The agent's state directory (default: the config's state.dir, /var/lib/fwagent).
+    /// With no agent running, bans and unbans are recorded there too, so the agent finds
+    /// them when it starts. Also sets --run-dir unless that is given.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,17 +87,10 @@ pub struct ListArgs {
     json: bool,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
 /// What the kernel commands take from the configuration.
 struct Settings {
+    /// The agent's state directory (its store is kept in step when no agent runs).
+    state_dir: PathBuf,
     schema: Schema,
     ban_time: Duration,
     allow: Vec<ipnet::IpNet>,
@@ -103,16 +102,22 @@ const USAGE: u8 = 2;
 
 /// Loads settings, or prints the configuration error and yields exit code 2.
 fn settings(c: &Common) -> Result<Settings, ExitCode> {
-    load_settings(c.config.as_deref(), c.run_dir.as_deref()).map_err(|e| {
+    load_settings(c).map_err(|e| {
         // ConfigError's message already quotes its cause; print it once.
         eprintln!("fwagent: {e}");
         ExitCode::from(USAGE)
     })
 }
 
-fn load_settings(path: Option<&Path>, run_dir: Option<&Path>) -> Result<Settings> {
-    let cfg = crate::config::Config::load(path)?;
-    let run_dir = run_dir.unwrap_or(&cfg.state.run_dir);
+fn load_settings(c: &Common) -> Result<Settings> {
+    let cfg = crate::config::Config::load(c.config.as_deref())?;
+    // The same rule as `fwagent run`: a private state dir holds the socket too.
+    let state_dir = c.state_dir.clone().unwrap_or_else(|| cfg.state.dir.clone());
+    let run_dir = c
+        .run_dir
+        .as_deref()
+        .or(c.state_dir.as_deref())
+        .unwrap_or(&cfg.state.run_dir);
     let fw = &cfg.firewall;
     Ok(Settings {
         schema: Schema {
@@ -124,7 +129,24 @@ fn load_settings(path: Option<&Path>, run_dir: Option<&Path>) -> Result<Settings
         ban_time: cfg.ban.time,
         allow: cfg.ban.allow.clone(),
         socket: control::socket_path(run_dir),
+        state_dir,
     })
+}
+
+/// With no agent running, records a direct change in the agent's store (if it has one), so
+/// that the agent neither restores an unbanned address nor forgets a manual ban when it
+/// starts. A host where no agent ever ran has no store, and none is created.
+fn record(st: &Settings, what: &str, fill: impl FnOnce(&Store, &mut Txn)) -> Result<()> {
+    if !st.state_dir.join(state::FILE_NAME).exists() {
+        return Ok(());
+    }
+    let (store, _) = Store::open(&st.state_dir)
+        .with_context(|| format!("recording {what} in the agent's state"))?;
+    let mut txn = Txn::new();
+    fill(&store, &mut txn);
+    store
+        .apply(txn)
+        .with_context(|| format!("recording {what} in the agent's state"))
 }
 
 /// Sends `req` to the running agent; `None` when no agent listens.
@@ -207,7 +229,15 @@ pub fn teardown(a: TeardownArgs) -> Result<ExitCode> {
         return Ok(agent_answer(r));
     }
     let mut nft = open()?;
-    if nft.teardown(&st.schema.table)? {
+    let existed = nft.teardown(&st.schema.table)?;
+    record(&st, "the teardown", |store, txn| {
+        if let Ok(bans) = store.active_bans(std::time::SystemTime::now()) {
+            for b in bans {
+                txn.remove_ban(b.target);
+            }
+        }
+    })?;
+    if existed {
         println!("removed table inet {}", st.schema.table);
     } else {
         println!("table inet {} did not exist", st.schema.table);
@@ -320,6 +350,26 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
     }
     let bans: Vec<(Target, Option<Duration>)> = targets.iter().map(|t| (*t, Some(dur))).collect();
     let r = nft.ban(s, &bans)?;
+    let now = std::time::SystemTime::now();
+    record(&st, "the ban", |store, txn| {
+        for t in &targets {
+            let net = target_net(*t, s.ipv6_prefix);
+            let times = store
+                .ban(net)
+                .ok()
+                .flatten()
+                .filter(|b| b.is_active(now))
+                .map_or(0, |b| b.times_banned);
+            txn.put_ban(&state::Ban {
+                target: net,
+                rule: state::MANUAL.to_string(),
+                banned_at: now,
+                expires_at: (!dur.is_zero()).then(|| now + dur),
+                hits: 0,
+                times_banned: times + 1,
+            });
+        }
+    })?;
     let what = if targets.len() == 1 {
         show(&targets[0], s)
     } else {
@@ -355,9 +405,28 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
     if let Some(r) = ask_agent(&st, &req)? {
         return Ok(agent_answer(r));
     }
+    // An IPv6 address may be banned by its prefix or, next to a protected address, alone:
+    // lift both (unbanning what is not banned is harmless).
+    let asked = targets.len();
+    let mut targets = targets;
+    for t in targets.clone() {
+        if let Target::V6Prefix(a) = t {
+            targets.push(Target::V6Exact(a));
+        }
+    }
     let mut nft = open()?;
     let r = nft.unban(&st.schema, &targets)?;
-    println!("unbanned {}; {} not banned", r.removed, r.absent);
+    record(&st, "the unban", |_, txn| {
+        for t in &targets {
+            let net = target_net(*t, st.schema.ipv6_prefix);
+            txn.remove_ban(net).clear_history(net);
+        }
+    })?;
+    println!(
+        "unbanned {}; {} not banned",
+        r.removed,
+        asked.saturating_sub(r.removed)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -430,224 +499,4 @@ pub fn list(a: ListArgs) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Serialize)]
-struct JsonDrop {
-    hook: Hook,
-    family: Family,
-    packets: u64,
-    bytes: u64,
-}
-
-#[derive(Serialize)]
-struct JsonRule {
-    hook: Hook,
-    family: Family,
-    set: String,
-    packets: u64,
-    bytes: u64,
-}
-
-#[derive(Serialize)]
-struct JsonSet {
-    set: String,
-    size: Option<u32>,
-    count: u32,
-}
-
-#[derive(Serialize)]
-struct JsonStatus {
-    table: String,
-    present: bool,
-    /// Rules the configuration expects but the kernel lacks (`hook:set`).
-    missing_rules: Vec<String>,
-    sets: Vec<JsonSet>,
-    /// Dropped packets and bytes per hook and family (sum over the sets).
-    drops: Vec<JsonDrop>,
-    rules: Vec<JsonRule>,
-    /// The 10 entries that dropped the most packets.
-    top: Vec<JsonElement>,
-    kernel: nft::Features,
-    /// The running agent's own figures; null when no agent runs (kernel figures only).
-    agent: Option<serde_json::Value>,
-}
-
-pub fn status(a: StatusArgs) -> Result<ExitCode> {
-    let st = match settings(&a.common) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let s = &st.schema;
-    let mut nft = open()?;
-    let mut status = JsonStatus {
-        table: s.table.clone(),
-        present: false,
-        missing_rules: Vec::new(),
-        sets: Vec::new(),
-        drops: Vec::new(),
-        rules: Vec::new(),
-        top: Vec::new(),
-        kernel: *nft.features(),
-        agent: match ask_agent(&st, &Request::Status)? {
-            Some(r) if r.ok => Some(r.data),
-            _ => None,
-        },
-    };
-    match nft.counters(s) {
-        Ok(counters) => {
-            status.present = true;
-            for h in Hook::ALL {
-                for r in s.rules() {
-                    if !counters.iter().any(|c| c.hook == h && c.set == r.set) {
-                        status.missing_rules.push(format!("{h}:{}", r.set));
-                    }
-                }
-                for fam in [Family::V4, Family::V6] {
-                    let (p, b) = counters
-                        .iter()
-                        .filter(|c| c.hook == h && c.family == fam)
-                        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-                    status.drops.push(JsonDrop {
-                        hook: h,
-                        family: fam,
-                        packets: p,
-                        bytes: b,
-                    });
-                }
-            }
-            status.rules = counters
-                .into_iter()
-                .map(|c| JsonRule {
-                    hook: c.hook,
-                    family: c.family,
-                    set: c.set,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                })
-                .collect();
-            status.sets = nft
-                .set_sizes(s)?
-                .into_iter()
-                .map(|x| JsonSet {
-                    set: x.set,
-                    size: x.size,
-                    count: x.count,
-                })
-                .collect();
-            // Dumps run on their own socket, as the agent will do.
-            let mut elems = nft.reader()?.elements(s)?;
-            elems.sort_by(|x, y| y.packets.cmp(&x.packets).then(y.bytes.cmp(&x.bytes)));
-            status.top = elems
-                .iter()
-                .filter(|e| e.packets > 0)
-                .take(10)
-                .map(|e| json_element(e, s))
-                .collect();
-        }
-        Err(e) if e.errno() == Some(libc::ENOENT) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let healthy = status.present && status.missing_rules.is_empty();
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &status)?;
-        writeln!(out)?;
-    } else {
-        print_status(&mut out, &status)?;
-    }
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-fn print_status(out: &mut impl Write, st: &JsonStatus) -> Result<()> {
-    if !st.present {
-        writeln!(
-            out,
-            "table inet {}: MISSING (run `fwagent setup`)",
-            st.table
-        )?;
-        return Ok(());
-    }
-    writeln!(out, "table inet {}", st.table)?;
-    for r in &st.missing_rules {
-        writeln!(out, "  MISSING rule {r}")?;
-    }
-    writeln!(out, "sets:")?;
-    for x in &st.sets {
-        let size = x.size.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-        writeln!(out, "  {:<9} {:>9} of {size}", x.set, x.count)?;
-    }
-    writeln!(out, "dropped:")?;
-    for d in &st.drops {
-        writeln!(
-            out,
-            "  {:<8} {:<4} {:>12} packets {:>14} bytes",
-            d.hook.to_string(),
-            d.family.to_string(),
-            d.packets,
-            d.bytes
-        )?;
-    }
-    if !st.top.is_empty() {
-        writeln!(out, "top offenders by dropped packets:")?;
-        for e in &st.top {
-            writeln!(
-                out,
-                "  {:<42} {:>10} packets {:>12} bytes",
-                e.target, e.packets, e.bytes
-            )?;
-        }
-    }
-    print_agent(out, st.agent.as_ref())
-}
-
-/// The agent's part of the text status, or a plain statement that none runs.
-fn print_agent(out: &mut impl Write, agent: Option<&serde_json::Value>) -> Result<()> {
-    let Some(a) = agent else {
-        writeln!(
-            out,
-            "agent: not running (figures above are the kernel's only)"
-        )?;
-        return Ok(());
-    };
-    writeln!(
-        out,
-        "agent: running, pid {}, up {}, {} active bans, {} re-installs, {} kernel errors",
-        a["pid"],
-        Human(Duration::from_secs(a["uptime_secs"].as_u64().unwrap_or(0))),
-        a["active_bans"],
-        a["reinstalls"],
-        a["kernel_errors"]
-    )?;
-    for r in a["rules"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "  rule {:<16} {:>8} hits {:>6} bans since start",
-            r["name"].as_str().unwrap_or("?"),
-            r["hits"],
-            r["bans"]
-        )?;
-    }
-    for f in a["sources"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "  following {} ({} lines read, at byte {})",
-            f["path"].as_str().unwrap_or("?"),
-            f["lines"],
-            f["offset"]
-        )?;
-    }
-    if let Some(b) = a["last_ban"].as_object() {
-        writeln!(
-            out,
-            "  last ban: {} by {}",
-            b["target"].as_str().unwrap_or("?"),
-            b["rule"].as_str().unwrap_or("?")
-        )?;
-    }
-    Ok(())
 }

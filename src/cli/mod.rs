@@ -37,7 +37,7 @@ enum Command {
     /// List banned addresses with remaining time and dropped packets.
     List(kernel::ListArgs),
     /// Show what is enforced: set sizes, drops per hook, top offenders.
-    Status(kernel::StatusArgs),
+    Status(crate::status::cli::StatusArgs),
     /// Run the detector over log files without touching the kernel.
     Scan(scan::ScanArgs),
     /// Validate the configuration and print the effective values.
@@ -55,7 +55,7 @@ pub fn main() -> ExitCode {
         Command::Ban(a) => kernel::ban(a),
         Command::Unban(a) => kernel::unban(a),
         Command::List(a) => kernel::list(a),
-        Command::Status(a) => kernel::status(a),
+        Command::Status(a) => crate::status::cli::cli(a),
         Command::Scan(a) => scan::scan(a),
         Command::CheckConfig(a) => check_config::check_config(a),
     };

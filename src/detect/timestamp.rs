@@ -221,7 +221,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// (year, month, day) of a Unix time in seconds.
 fn civil_from_secs(secs: i64) -> (i64, u32, u32) {
-    let z = secs.div_euclid(86_400) + 719_468;
+    civil_from_days(secs.div_euclid(86_400))
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`: the epoch shifted to 0000-03-01 so leap days end each 400-year era).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
