@@ -283,6 +283,8 @@ struct Agent {
     socket_path: Option<PathBuf>,
     /// Shared with the status refresher and the web server (running totals, history).
     hub: Arc<web::Hub>,
+    /// Work was done since the last tick: give freed heap back to the kernel on the next one.
+    trim_pending: bool,
 }
 
 /// How many recent bans status keeps.
@@ -381,6 +383,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         started: Instant::now(),
         socket_path: None,
         hub: web::Hub::new(),
+        trim_pending: true,
     };
 
     agent.reconcile(stored, now).await?;
@@ -571,7 +574,10 @@ impl Agent {
         loop {
             tokio::select! {
                 Some(ev) = self.events.recv() => match ev {
-                    follow::Event::Batch(b) => self.on_batch(b).await,
+                    follow::Event::Batch(b) => {
+                        self.trim_pending = true;
+                        self.on_batch(b).await
+                    }
                     follow::Event::Error { source, error } => {
                         let path = self.sources.get(source.0).map(|s| s.path.display().to_string());
                         tracing::warn!(path = path.as_deref().unwrap_or("?"), %error, "follower");
@@ -579,6 +585,7 @@ impl Agent {
                 },
                 Some((req, reply)) = self.calls.recv() => {
                     let stop = matches!(req, Request::Teardown);
+                    self.trim_pending = true;
                     let answer = self.on_request(req).await;
                     let ok = answer.ok;
                     let _ = reply.send(answer);
@@ -598,6 +605,9 @@ impl Agent {
                     if last_prune.elapsed() >= Duration::from_secs(3600) {
                         last_prune = Instant::now();
                         self.prune();
+                    }
+                    if std::mem::take(&mut self.trim_pending) {
+                        release_free_memory();
                     }
                 }
                 _ = hup.recv() => self.reload().await,
@@ -1241,6 +1251,18 @@ fn ban_json(b: &state::Ban) -> serde_json::Value {
         "banned_at_unix": unix(b.banned_at),
         "expires_at_unix": b.expires_at.map(unix),
     })
+}
+
+/// Hands memory freed since the last call back to the kernel. glibc keeps the peak of a bulk
+/// operation (a 100,000-ban request, a restore, a burst of batches) in its arenas for good,
+/// which measured 78 MiB RSS for 39 MiB in use with 100,000 bans. Called from the tick only
+/// after work was done, so a quiet agent never pays for it.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A ban target as users write it: a bare IPv4 address for a /32, otherwise the network.
