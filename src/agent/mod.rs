@@ -533,7 +533,17 @@ impl Agent {
                     None => StartAt::End,
                 }
             };
-            tracing::info!(path = %src.path.display(), rules = ?src.rules, start = ?start, "following");
+            let from = match &start {
+                StartAt::Beginning => "the beginning".to_string(),
+                StartAt::End => "the end".to_string(),
+                StartAt::Checkpoint(Checkpoint::File(p)) => {
+                    format!("byte {} (checkpoint)", p.offset)
+                }
+            };
+            if !src.path.exists() {
+                tracing::warn!(path = %src.path.display(), "followed file does not exist yet; it will be read from its first line when it appears");
+            }
+            tracing::info!(path = %src.path.display(), rules = ?src.rules, from = %from, "following");
             let mut rx = self.stop_followers.subscribe();
             let handle = follow::spawn_file(
                 SourceId(i),
@@ -631,10 +641,12 @@ impl Agent {
                 would_ban = self.bans.len(),
                 "fwagent stopped (dry run: nothing was banned)"
             );
+        } else if self.bans.is_empty() {
+            tracing::info!("fwagent stopped");
         } else {
             tracing::info!(
                 bans = self.bans.len(),
-                "fwagent stopped; bans stay in the kernel"
+                "fwagent stopped; bans stay in the kernel (`fwagent teardown` removes them)"
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -915,6 +927,7 @@ impl Agent {
         let mut txn = Txn::new();
         for net in nets {
             if let Some(b) = self.bans.remove(net) {
+                tracing::info!(address = %show_net(*net), rule = %b.rule, "unbanned");
                 self.rule_figures.entry(b.rule).or_default().unbans += 1;
             }
             self.detector.forgive(net_key(*net));

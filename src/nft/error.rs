@@ -21,7 +21,10 @@ impl fmt::Display for Errno {
             if unsafe { libc::geteuid() } != 0 {
                 f.write_str(" (CAP_NET_ADMIN or root is needed)")?;
             } else {
-                f.write_str(" (the table is owned by another process, e.g. the running agent)")?;
+                f.write_str(
+                    " (the table is owned by another process, e.g. the running agent; if it \
+                     runs with --state-dir DIR, pass the same --state-dir DIR)",
+                )?;
             }
         }
         Ok(())
