@@ -16,6 +16,8 @@ fn check(text: &str) -> (Option<i32>, String, String) {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
+    // Empty once the last test of this process is done with it.
+    let _ = std::fs::remove_dir(&dir);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).replace(path.to_str().unwrap(), "CFG"),
