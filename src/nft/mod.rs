@@ -283,31 +283,7 @@ impl Nft {
     /// (with timeout and counter) and its end element (flagged, no data); sorted by key, each
     /// start is followed by its end unless the range runs to the top.
     fn dump_ranges(&mut self, table: &str, set: &str) -> Result<Vec<(Range, ElemInfo)>, NftError> {
-        let mut elems = self.dump_set(table, set)?;
-        elems.sort_by_key(|e| (schema::key_value(&e.key), !e.end));
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < elems.len() {
-            let e = elems[i];
-            i += 1;
-            if e.end {
-                continue; // an end without a start: nft's leading "0 end" marker
-            }
-            let end = match elems.get(i) {
-                Some(n) if n.end => {
-                    i += 1;
-                    Some(schema::key_value(&n.key))
-                }
-                _ => None,
-            };
-            let range = Range {
-                start: schema::key_value(&e.key),
-                end,
-                timeout_ms: remaining(&e),
-            };
-            out.push((range, e));
-        }
-        Ok(out)
+        Ok(pair_ranges(self.dump_set(table, set)?, remaining))
     }
 
     /// Which of `keys` are in `set` (hash sets): one GET per key when few, else a dump.
@@ -517,6 +493,40 @@ impl Nft {
 
 /// Time left of an element with a timeout, `None` when permanent or already expired
 /// (callers tell those apart by `timeout_ms`).
+/// Pairs the elements of an interval set into ranges: sorted by key (an end before a start
+/// at the same key, where one range ends and the next begins), each start is followed by its
+/// end unless the range runs to the top; an end without a start is nft's leading "0 end"
+/// marker and is skipped. `timeout_ms` picks the range's timeout (remaining or configured).
+pub fn pair_ranges(
+    mut elems: Vec<ElemInfo>,
+    timeout_ms: fn(&ElemInfo) -> Option<u64>,
+) -> Vec<(Range, ElemInfo)> {
+    elems.sort_by_key(|e| (schema::key_value(&e.key), !e.end));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < elems.len() {
+        let e = elems[i];
+        i += 1;
+        if e.end {
+            continue;
+        }
+        let end = match elems.get(i) {
+            Some(n) if n.end => {
+                i += 1;
+                Some(schema::key_value(&n.key))
+            }
+            _ => None,
+        };
+        let range = Range {
+            start: schema::key_value(&e.key),
+            end,
+            timeout_ms: timeout_ms(&e),
+        };
+        out.push((range, e));
+    }
+    out
+}
+
 fn remaining(e: &ElemInfo) -> Option<u64> {
     e.timeout_ms?;
     e.expires_ms.filter(|ms| *ms > 0)

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use crate::nft::batch::{AckTracker, Op};
 use crate::nft::element::{ElemInfo, dump_elements, parse_elements};
-use crate::nft::schema::Range;
 use crate::nft::socket::{DumpError, Socket};
 use crate::nft::table::{NFT_TABLE_F_OWNER, get_table, parse_table};
 use crate::nft::wire::{MsgBuf, NFT_MSG_NEWTABLE};
@@ -143,7 +142,7 @@ fn scan(s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
                 continue;
             };
             let mut n = 0;
-            for (range, e) in pair_ranges(all) {
+            for (range, e) in crate::nft::pair_ranges(all, |e| e.timeout_ms) {
                 for t in range.cidrs(family) {
                     n += 1;
                     top.offer(name, t, &e);
@@ -212,36 +211,6 @@ fn dump_set<T>(
         }
     }
     Err(NftError::kernel(op(), libc::EINTR, None))
-}
-
-/// Pairs an interval set's elements into ranges: sorted by key (an end before a start at
-/// the same key), each start is followed by its end unless the range runs to the top; an
-/// end without a start is nft's leading marker and skipped.
-fn pair_ranges(mut elems: Vec<ElemInfo>) -> Vec<(Range, ElemInfo)> {
-    elems.sort_by_key(|e| (schema::key_value(&e.key), !e.end));
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < elems.len() {
-        let e = elems[i];
-        i += 1;
-        if e.end {
-            continue;
-        }
-        let end = match elems.get(i) {
-            Some(n) if n.end => {
-                i += 1;
-                Some(schema::key_value(&n.key))
-            }
-            _ => None,
-        };
-        let range = Range {
-            start: schema::key_value(&e.key),
-            end,
-            timeout_ms: e.timeout_ms,
-        };
-        out.push((range, e));
-    }
-    out
 }
 
 /// The best `n` entries by dropped packets, kept as they stream by.
@@ -389,7 +358,7 @@ mod tests {
             info([203, 0, 113, 0], false, 9),
             info([198, 51, 100, 16], true, 0),
         ];
-        let r = pair_ranges(elems);
+        let r = crate::nft::pair_ranges(elems, |e| e.timeout_ms);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].0.cidrs(Family::V4).len(), 1);
         assert_eq!(r[0].0.cidrs(Family::V4)[0].to_string(), "198.51.100.0/28");
