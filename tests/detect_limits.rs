@@ -181,6 +181,17 @@ fn lines_during_a_ban_are_not_counted_and_cannot_escalate() {
     }
     let o = last.expect("second offence");
     assert_eq!((o.repeat, o.ban_time), (1, Duration::from_secs(2 * 86_400)));
+    // In the ban's last second the kernel may already have dropped it (its clock is not
+    // the agent's): lines count again, a second before the end but not two.
+    let end = 86_400 + 10 + 2 + 2 * 86_400;
+    assert!(matches!(
+        det.observe_detail(exim, &line, at(end - 2)),
+        Observation::Banned { .. }
+    ));
+    assert!(matches!(
+        det.observe_detail(exim, &line, at(end - 1)),
+        Observation::Counted { .. }
+    ));
     // Lifted early (unban): counted again at once.
     det.lift(o.key);
     assert!(matches!(

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch as tokio_watch};
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::control::{Request, Response};
 use crate::detect::{
-    Detector, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence, RuleError,
+    Detector, EXPIRY_SLACK, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence, RuleError,
 };
 use crate::duration::Human;
 use crate::follow::{self, Batch, Checkpoint, FollowOptions, SourceHandle, SourceId, StartAt};
@@ -710,7 +710,11 @@ impl Agent {
             // so this is a safety net (e.g. a key banned under another form); it recorded
             // the offence in the escalation history, and no ban follows: take it back, or
             // the next real ban would escalate once per extra batch of lines.
-            if self.bans.get(&net).is_some_and(|b| b.is_active(now))
+            // A ban about to end (the kernel may already have dropped it) is renewed.
+            if self
+                .bans
+                .get(&net)
+                .is_some_and(|b| b.is_active(now + EXPIRY_SLACK))
                 || records.iter().any(|(r, _, _)| r.target == net)
             {
                 self.detector.unrecord(o.key);

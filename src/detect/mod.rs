@@ -55,6 +55,14 @@ pub use window::{RuleId, Windows};
 /// Default cap on tracked (rule, key) entries.
 pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 
+/// A ban with less than this left no longer silences its address: its lines count again,
+/// and an offence completed now is a new ban (the agent refreshes the kernel element).
+/// The kernel expires elements by jiffies and the agent by the wall clock; the two differ
+/// by milliseconds (or seconds over a day of clock slewing). Without this slack a bot
+/// that returns the moment the kernel drops its ban could go uncounted for that gap. Lines
+/// still on their way when a ban is made arrive within milliseconds of it, far from its end.
+pub const EXPIRY_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A decision to ban.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offence {
@@ -202,7 +210,7 @@ impl Detector {
     fn is_banned(&self, key: Key, now: SystemTime) -> bool {
         self.banned
             .get(&key)
-            .is_some_and(|&until| until > window::millis(now))
+            .is_some_and(|&until| until > window::millis(now + EXPIRY_SLACK))
     }
 
     /// Drops history older than the escalation window; call now and then (hourly).
