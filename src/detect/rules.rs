@@ -14,6 +14,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use memchr::memmem::FinderRev;
 use regex::bytes::{Regex, RegexBuilder};
 
 use super::addr::{AddrError, glued, parse_host};
@@ -28,8 +29,9 @@ pub struct RuleSpec {
     /// Optional, per pattern index (built-in rules): a cheaper regex that finds the same
     /// `host` once the full pattern is known to match (see [`Rule::extract`]).
     pub locators: Vec<Option<String>>,
-    /// Optional, per pattern index (built-in rules): a second regex whose `host` must be the
-    /// same address, or the line is not counted.
+    /// Optional, per pattern index (built-in rules): a marker literal. The address written
+    /// after its last occurrence, up to the end of the line (optionally in brackets), must be
+    /// the same as the pattern's `host`, or the line is not counted.
     pub confirms: Vec<Option<String>>,
     pub ignore: Vec<String>,
     /// Literals; a line must contain at least one before any regex runs. Empty: no prefilter.
@@ -85,12 +87,31 @@ pub struct Rule {
     pub timestamp: TimestampFormat,
 }
 
-/// One compiled pattern: the full regex and, optionally, a host locator.
+/// One compiled pattern: the full regex and, optionally, a host locator and a trailer.
 #[derive(Debug, Clone)]
 struct Pattern {
     full: Regex,
-    locate: Option<Regex>,
-    confirm: Option<Regex>,
+    /// Index of the `host` group in `full`.
+    full_host: usize,
+    /// A locator and the index of its `host` group.
+    locate: Option<(Regex, usize)>,
+    /// Finds the marker before the trailing address ([`RuleSpec::confirms`]).
+    confirm: Option<FinderRev<'static>>,
+}
+
+/// Index of the capture group named `host`.
+fn host_group(re: &Regex) -> Option<usize> {
+    re.capture_names().position(|n| n == Some("host"))
+}
+
+/// The address after the last `marker` in `line`, up to the line's end, optionally in
+/// brackets; `None` when there is no marker or the rest is not exactly one address.
+fn trailing_address(line: &[u8], marker: &FinderRev<'_>) -> Option<IpAddr> {
+    let at = marker.rfind(line)? + marker.needle().len();
+    let rest = &line[at..];
+    let rest = rest.strip_prefix(b"[").unwrap_or(rest);
+    let rest = rest.strip_suffix(b"]").unwrap_or(rest);
+    parse_host(rest).ok()
 }
 
 /// What a rule makes of one line.
@@ -147,27 +168,27 @@ impl Rule {
                 _ => None,
             };
             let confirm = match spec.confirms.get(index) {
-                Some(Some(l)) => Some(compile_one(l).map_err(|e| RuleError::Regex {
-                    location: location("patterns"),
-                    rule: spec.name.clone(),
-                    index: index + 1,
-                    source: Box::new(e),
-                })?),
+                Some(Some(marker)) if !marker.is_empty() => {
+                    Some(FinderRev::new(marker.as_bytes()).into_owned())
+                }
                 _ => None,
             };
-            let has_host = |r: &Regex| r.capture_names().any(|n| n == Some("host"));
-            if !has_host(&re)
-                || locate.as_ref().is_some_and(|l| !has_host(l))
-                || confirm.as_ref().is_some_and(|l| !has_host(l))
-            {
-                return Err(RuleError::NoHost {
-                    location: location("patterns"),
-                    rule: spec.name.clone(),
-                    index: index + 1,
-                });
-            }
+            let no_host = || RuleError::NoHost {
+                location: location("patterns"),
+                rule: spec.name.clone(),
+                index: index + 1,
+            };
+            let full_host = host_group(&re).ok_or_else(no_host)?;
+            let locate = match locate {
+                Some(l) => {
+                    let host = host_group(&l).ok_or_else(no_host)?;
+                    Some((l, host))
+                }
+                None => None,
+            };
             patterns.push(Pattern {
                 full: re,
+                full_host,
                 locate,
                 confirm,
             });
@@ -228,15 +249,15 @@ impl Rule {
             return Extract::Ignored;
         }
         for p in &self.patterns {
-            let caps = match &p.locate {
-                None => p.full.captures(line),
-                Some(loc) if p.full.is_match(line) => loc.captures(line),
-                Some(_) => None,
+            let (caps, host) = match &p.locate {
+                None => (p.full.captures(line), p.full_host),
+                Some((loc, host)) if p.full.is_match(line) => (loc.captures(line), *host),
+                Some(_) => (None, 0),
             };
             let Some(caps) = caps else {
                 continue;
             };
-            let Some(m) = caps.name("host") else {
+            let Some(m) = caps.get(host) else {
                 // An optional host group that did not take part: try the next pattern.
                 continue;
             };
@@ -247,13 +268,10 @@ impl Rule {
                 Ok(ip) => ip,
                 Err(e) => return Extract::BadHost(e),
             };
-            if let Some(confirm) = &p.confirm {
-                let other = confirm
-                    .captures(line)
-                    .and_then(|c| c.name("host").map(|m| parse_host(m.as_bytes())));
-                if other != Some(Ok(ip)) {
-                    return Extract::BadHost(AddrError::Mismatch);
-                }
+            if let Some(marker) = &p.confirm
+                && trailing_address(line, marker) != Some(ip)
+            {
+                return Extract::BadHost(AddrError::Mismatch);
             }
             return Extract::Host(ip);
         }
