@@ -20,6 +20,7 @@
 //! The kernel socket and the store each live on their own thread behind a handle
 //! ([`kernel`], [`store`]); nothing here blocks on them except where a reply is needed.
 
+mod bans;
 pub mod kernel;
 pub mod server;
 pub mod watch;
@@ -47,6 +48,7 @@ use crate::duration::Human;
 use crate::follow::{self, Batch, Checkpoint, FollowOptions, SourceHandle, SourceId, StartAt};
 use crate::nft::{self, Applied, Nft, Schema, Target};
 use crate::state::{self, Committer, Store, Txn};
+use bans::{BanView, Bans};
 use kernel::{KernelBan, KernelHandle};
 
 /// The rule `--log PATH` applies (the embedded default's rule).
@@ -180,23 +182,30 @@ fn net_key(net: IpNet) -> Key {
 
 /// Tells the detector which keys are banned, so lines already on their way are not counted.
 /// Network bans (manual CIDRs) have no detector key and are skipped.
-fn mark_banned<'a>(
-    detector: &mut Detector,
-    bans: impl Iterator<Item = &'a state::Ban>,
-    prefix: u8,
-) {
-    for b in bans {
-        let single = match b.target {
-            IpNet::V4(n) => n.prefix_len() == 32,
-            IpNet::V6(n) => n.prefix_len() == 128 || n.prefix_len() == prefix,
-        };
-        if single {
-            detector.mark_banned(net_key(b.target), b.expires_at);
-        }
+fn mark_banned(detector: &mut Detector, bans: &Bans, prefix: u8) {
+    for b in bans.iter() {
+        mark_one_banned(detector, b.target, b.expires_at, prefix);
     }
 }
 
-fn kernel_timeout(ban: &state::Ban, now: SystemTime) -> Option<Duration> {
+/// Tells the detector that `target` is banned (a network wider than one detector key is not
+/// its concern: its lines are dropped by the kernel anyway).
+fn mark_one_banned(
+    detector: &mut Detector,
+    target: IpNet,
+    expires_at: Option<SystemTime>,
+    prefix: u8,
+) {
+    let single = match target {
+        IpNet::V4(n) => n.prefix_len() == 32,
+        IpNet::V6(n) => n.prefix_len() == 128 || n.prefix_len() == prefix,
+    };
+    if single {
+        detector.mark_banned(net_key(target), expires_at);
+    }
+}
+
+fn kernel_timeout(ban: &BanView<'_>, now: SystemTime) -> Option<Duration> {
     // A ban about to expire still gets a token second rather than "permanent".
     ban.remaining(now).map(|d| d.max(Duration::from_secs(1)))
 }
@@ -271,7 +280,7 @@ struct Agent {
     /// The table name the event watcher looks for (changed by a reload that renames it).
     watched_table: Arc<RwLock<String>>,
     /// Active bans as the agent knows them, by target network.
-    bans: HashMap<IpNet, state::Ban>,
+    bans: Bans,
     rule_figures: HashMap<String, RuleFigures>,
     reinstalls: u64,
     kernel_errors: u64,
@@ -373,7 +382,7 @@ async fn start(opts: RunOptions, cfg: Config) -> Result<Agent> {
         calls,
         table_events,
         watched_table,
-        bans: HashMap::new(),
+        bans: Bans::new(),
         rule_figures: HashMap::new(),
         reinstalls: 0,
         kernel_errors: 0,
@@ -425,9 +434,10 @@ impl Agent {
     /// (a reboot), adopt kernel bans the store does not know (made by the CLI while no agent
     /// ran). Nothing already in the kernel is added again.
     async fn reconcile(&mut self, stored: Vec<state::Ban>, now: SystemTime) -> Result<()> {
-        for b in stored {
-            self.bans.insert(b.target, b);
+        for b in &stored {
+            self.bans.insert(b);
         }
+        drop(stored);
         let Some(kernel) = self.kernel.clone() else {
             return Ok(());
         };
@@ -446,7 +456,7 @@ impl Agent {
         for el in in_kernel {
             let net = target_net(el.target, self.schema.ipv6_prefix);
             present.insert(net);
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.bans.entry(net) {
+            if !self.bans.contains(&net) {
                 let ban = state::Ban {
                     target: net,
                     rule: state::MANUAL.to_string(),
@@ -457,17 +467,17 @@ impl Agent {
                 };
                 tracing::info!(address = %net, "adopted a ban found in the kernel");
                 txn.put_ban(&ban);
-                slot.insert(ban);
+                self.bans.insert(&ban);
             }
         }
         let missing: Vec<KernelBan> = self
             .bans
-            .values()
+            .iter()
             .filter(|b| !present.contains(&b.target))
             .map(|b| {
                 (
                     net_target(b.target, self.schema.ipv6_prefix),
-                    kernel_timeout(b, now),
+                    kernel_timeout(&b, now),
                 )
             })
             .collect();
@@ -487,11 +497,7 @@ impl Agent {
             }
         }
         self.committer.submit(txn);
-        mark_banned(
-            &mut self.detector,
-            self.bans.values(),
-            self.schema.ipv6_prefix,
-        );
+        mark_banned(&mut self.detector, &self.bans, self.schema.ipv6_prefix);
         self.last_generation = kernel.generation().await.ok();
         Ok(())
     }
@@ -756,7 +762,7 @@ impl Agent {
                 tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "would ban (dry run)");
                 // Remember it as banned (in memory only), so later lines of the same bot
                 // are skipped as in a real run instead of "escalating" again and again.
-                self.bans.insert(ban.target, ban);
+                self.bans.insert(&ban);
                 continue;
             }
             tracing::info!(address = %ban.target, rule = %ban.rule, hits, %duration, repeat = ban.times_banned - 1, "banned");
@@ -768,7 +774,7 @@ impl Agent {
             {
                 tracing::error!(error = %e, "history not saved");
             }
-            self.bans.insert(ban.target, ban);
+            self.bans.insert(&ban);
         }
     }
 
@@ -798,12 +804,12 @@ impl Agent {
                 };
                 let missing: Vec<KernelBan> = self
                     .bans
-                    .values()
+                    .iter()
                     .filter(|b| b.is_active(now) && !present.contains(&b.target))
                     .map(|b| {
                         (
                             net_target(b.target, self.schema.ipv6_prefix),
-                            kernel_timeout(b, now),
+                            kernel_timeout(&b, now),
                         )
                     })
                     .collect();
@@ -881,10 +887,14 @@ impl Agent {
 
     fn prune(&mut self) {
         let now = SystemTime::now();
-        for b in self.bans.values().filter(|b| !b.is_active(now)) {
-            self.rule_figures.entry(b.rule.clone()).or_default().unbans += 1;
-        }
-        self.bans.retain(|_, b| b.is_active(now));
+        let figures = &mut self.rule_figures;
+        self.bans.retain(|b| {
+            let active = b.is_active(now);
+            if !active {
+                figures.entry(b.rule.to_string()).or_default().unbans += 1;
+            }
+            active
+        });
         self.detector.prune(now);
         let (store, window) = (self.store.clone(), self.cfg.escalation.history);
         tokio::task::spawn_blocking(move || match store.prune(now, window) {
@@ -958,7 +968,7 @@ impl Agent {
         let cfg = self.opts.load_config()?;
         let mut detector = Detector::from_config(&cfg, self.local.clone())?;
         detector.set_history(self.detector.history().clone());
-        mark_banned(&mut detector, self.bans.values(), cfg.firewall.ipv6_prefix);
+        mark_banned(&mut detector, &self.bans, cfg.firewall.ipv6_prefix);
         let schema = schema_of(&cfg);
         let own = cfg.firewall.protect && self.features.persist;
         if let Some(kernel) = self.kernel.clone()
@@ -1012,12 +1022,12 @@ impl Agent {
         let now = SystemTime::now();
         let all: Vec<KernelBan> = self
             .bans
-            .values()
+            .iter()
             .filter(|b| b.is_active(now))
             .map(|b| {
                 (
                     net_target(b.target, self.schema.ipv6_prefix),
-                    kernel_timeout(b, now),
+                    kernel_timeout(&b, now),
                 )
             })
             .collect();
@@ -1122,13 +1132,14 @@ impl Agent {
                 times_banned: times,
             };
             tracing::info!(address = %net, rule = state::MANUAL, duration = %Human(dur), "banned");
-            mark_banned(
+            mark_one_banned(
                 &mut self.detector,
-                std::iter::once(&ban),
+                ban.target,
+                ban.expires_at,
                 self.schema.ipv6_prefix,
             );
             txn.put_ban(&ban);
-            self.bans.insert(*net, ban);
+            self.bans.insert(&ban);
             self.note_ban(*net, state::MANUAL, now);
         }
         self.committer.submit(txn);
@@ -1205,7 +1216,7 @@ impl Agent {
             // Expired bans stay in the mirror until the hourly prune: do not count them.
             active_bans: {
                 let now = SystemTime::now();
-                self.bans.values().filter(|b| b.is_active(now)).count()
+                self.bans.iter().filter(|b| b.is_active(now)).count()
             },
             reinstalls: self.reinstalls,
             kernel_errors: self.kernel_errors,
@@ -1239,9 +1250,9 @@ impl Agent {
         let now = SystemTime::now();
         let mut v: Vec<_> = self
             .bans
-            .values()
+            .iter()
             .filter(|b| b.is_active(now))
-            .map(ban_json)
+            .map(|b| ban_json(&b))
             .collect();
         v.sort_by(|a, b| a["target"].as_str().cmp(&b["target"].as_str()));
         serde_json::Value::Array(v)
@@ -1253,13 +1264,13 @@ impl Agent {
             .iter()
             .filter_map(|t| t.parse::<IpNet>().ok())
             .filter_map(|net| self.bans.get(&net.trunc()))
-            .map(ban_json)
+            .map(|b| ban_json(&b))
             .collect();
         serde_json::Value::Array(v)
     }
 }
 
-fn ban_json(b: &state::Ban) -> serde_json::Value {
+fn ban_json(b: &BanView<'_>) -> serde_json::Value {
     serde_json::json!({
         "target": b.target.to_string(),
         "rule": b.rule,
