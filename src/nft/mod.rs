@@ -267,6 +267,41 @@ impl Nft {
     }
 
     /// Every element of one set, parsed from raw attributes.
+    /// The flags of table `name`, `None` when it does not exist.
+    pub fn table_flags(&mut self, name: &str) -> Result<Option<u32>, NftError> {
+        Ok(self.read_table(name)?.map(|t| t.flags))
+    }
+
+    /// Streams the elements of one set a netlink message at a time, so a reader that keeps
+    /// little (counts, a top ten) holds a few KiB however big the set. `init` gives a fresh
+    /// state for each attempt (a dump the kernel interrupts is restarted). `None` when the
+    /// set does not exist.
+    pub fn for_each_element<T>(
+        &mut self,
+        table: &str,
+        set: &str,
+        init: impl FnMut() -> T,
+        mut each: impl FnMut(&mut T, &[ElemInfo]),
+    ) -> Result<Option<T>, NftError> {
+        let op = || format!("listing elements of set inet {table} {set}");
+        let mut batch = Vec::new();
+        let r = self.dump(
+            &op,
+            |b, seq| element::dump_elements(b, seq, table, set),
+            init,
+            |acc, m| {
+                batch.clear();
+                element::parse_elements(m, &mut batch);
+                each(acc, &batch);
+            },
+        );
+        match r {
+            Ok(acc) => Ok(Some(acc)),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn dump_set(&mut self, table: &str, set: &str) -> Result<Vec<ElemInfo>, NftError> {
         let op = || format!("listing elements of set inet {table} {set}");
         self.dump(

@@ -1,5 +1,5 @@
 //! One read of our table for status: table flags, rule counters, set capacities and every
-//! element (streamed: counted per set, the top offenders kept), on sockets of its own.
+//! element (streamed: counted per set, the top offenders kept), on a socket of its own.
 //!
 //! Blocking: the agent runs it under `spawn_blocking`, so a 100,000-element dump never
 //! delays a ban (the kernel actor has its own socket). Order: the table first — when it is
@@ -10,11 +10,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::nft::batch::{AckTracker, Op};
-use crate::nft::element::{ElemInfo, dump_elements, parse_elements};
-use crate::nft::socket::{DumpError, Socket};
-use crate::nft::table::{NFT_TABLE_F_OWNER, get_table, parse_table};
-use crate::nft::wire::{MsgBuf, NFT_MSG_NEWTABLE};
+use crate::nft::element::ElemInfo;
+use crate::nft::table::NFT_TABLE_F_OWNER;
 use crate::nft::{Element, Family, Features, Nft, NftError, RuleCounter, Schema, Target, schema};
 
 /// How many offenders status lists.
@@ -62,14 +59,14 @@ impl KernelView {
     }
 }
 
-/// Reads everything status shows about table `s.table`, with `nft`'s features, on sockets
+/// Reads everything status shows about table `s.table`, with `nft`'s features, on a socket
 /// opened for this read.
 pub fn read(s: &Schema, features: Features) -> Result<KernelView, NftError> {
     let started = Instant::now();
-    let Some(flags) = table_flags(&s.table)? else {
+    let mut nft = Nft::open_with(features)?;
+    let Some(flags) = nft.table_flags(&s.table)? else {
         return Ok(KernelView::absent(features));
     };
-    let mut nft = Nft::open_with(features)?;
     let counters = match nft.counters(s) {
         Ok(c) => c,
         // Deleted between our two reads: report it as absent, as a later read would.
@@ -89,8 +86,7 @@ pub fn read(s: &Schema, features: Features) -> Result<KernelView, NftError> {
             .map(|x| (x.name.to_string(), Some(x.size)))
             .collect()
     };
-    drop(nft);
-    let (counts, top) = scan(s)?;
+    let (counts, top) = scan(&mut nft, s)?;
     let mut sets: Vec<SetView> = schema::SETS
         .iter()
         .filter_map(|name| {
@@ -128,14 +124,13 @@ type SetCounts = Vec<(&'static str, u64)>;
 /// Interval sets (manual network bans, few) are collected whole, because an interval's
 /// start and end elements must be paired; each interval counts once per CIDR, as
 /// `fwagent list` shows it. A set the kernel lacks counts zero (it shows as a missing rule).
-fn scan(s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
-    let mut sock = Socket::open()?;
+fn scan(nft: &mut Nft, s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
     let mut counts = Vec::new();
     let mut top = Top::new(TOP);
     for name in schema::SETS {
         let family = family_of(name);
         if name == schema::NETS4 || name == schema::NETS6 {
-            let Some(all) = dump_set(&mut sock, &s.table, name, Vec::new, |v, batch| {
+            let Some(all) = nft.for_each_element(&s.table, name, Vec::new, |v, batch| {
                 v.extend_from_slice(batch)
             })?
             else {
@@ -151,8 +146,7 @@ fn scan(s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
             counts.push((name, n));
             continue;
         }
-        let found = dump_set(
-            &mut sock,
+        let found = nft.for_each_element(
             &s.table,
             name,
             || (0u64, Top::new(TOP)),
@@ -179,38 +173,6 @@ fn scan(s: &Schema) -> Result<(SetCounts, Vec<Element>), NftError> {
         }
     }
     Ok((counts, top.0))
-}
-
-/// One set's elements, a message at a time, into a fresh `init()` state per attempt (a dump
-/// the kernel flags as interrupted by a concurrent change is restarted, up to 5 times).
-/// `None` when the set does not exist.
-fn dump_set<T>(
-    sock: &mut Socket,
-    table: &str,
-    set: &str,
-    init: impl Fn() -> T,
-    mut each: impl FnMut(&mut T, &[ElemInfo]),
-) -> Result<Option<T>, NftError> {
-    let op = || format!("listing elements of set inet {table} {set}");
-    let mut batch = Vec::new();
-    for _ in 0..5 {
-        let seq = sock.seqs(1);
-        let mut b = MsgBuf::new();
-        dump_elements(&mut b, seq, table, set);
-        let mut state = init();
-        let r = sock.dump(b.as_bytes(), seq, &op, |m| {
-            batch.clear();
-            parse_elements(m, &mut batch);
-            each(&mut state, &batch);
-        });
-        match r {
-            Ok(()) => return Ok(Some(state)),
-            Err(DumpError::Interrupted) => continue,
-            Err(DumpError::Failed(e)) if e.errno() == Some(libc::ENOENT) => return Ok(None),
-            Err(DumpError::Failed(e)) => return Err(e),
-        }
-    }
-    Err(NftError::kernel(op(), libc::EINTR, None))
 }
 
 /// The best `n` entries by dropped packets, kept as they stream by.
@@ -280,32 +242,6 @@ pub fn top(mut elements: Vec<Element>, n: usize) -> Vec<Element> {
     elements.sort_by(order);
     elements.truncate(n);
     elements
-}
-
-/// The table's flags, or `None` when it does not exist. `Nft` keeps its table read private,
-/// so this is the one GETTABLE request status needs, on a socket of its own.
-fn table_flags(table: &str) -> Result<Option<u32>, NftError> {
-    let mut sock = Socket::open()?;
-    let seq = sock.seqs(1);
-    let mut b = MsgBuf::new();
-    get_table(&mut b, seq, table);
-    let mut tracker = AckTracker::new();
-    tracker.expect(seq, Op::Probe("the table"));
-    let mut flags = None;
-    let tracker = sock.requests(b.as_bytes(), tracker, |m| {
-        if m.nft_msg() == Some(NFT_MSG_NEWTABLE) {
-            flags = Some(parse_table(m).flags);
-        }
-    })?;
-    match tracker.failures().first() {
-        None => Ok(flags),
-        Some(f) if f.errno == libc::ENOENT => Ok(None),
-        Some(f) => Err(NftError::kernel(
-            format!("reading table inet {table}"),
-            f.errno,
-            f.ext.clone(),
-        )),
-    }
 }
 
 #[cfg(test)]
