@@ -8,6 +8,7 @@
 //! cargo bench --bench scan
 //! FWAGENT_BENCH_DIR=/var/tmp/fwagent-bench FWAGENT_BENCH_RUNS=5 cargo bench --bench scan
 //! FWAGENT_BENCH_F2B=0 cargo bench --bench scan      # skip fail2ban-regex (slow)
+//! FWAGENT_BENCH_BIN=target/dist/fwagent cargo bench --bench scan   # the shipped build
 //! ```
 //!
 //! Inputs, created on first run in `$FWAGENT_BENCH_DIR` (default `/var/tmp/fwagent-bench`):
@@ -46,7 +47,11 @@ fn main() {
     if !distinct.exists() {
         generate_distinct(&distinct).expect("write distinct-1m.log");
     }
-    let bin = env!("CARGO_BIN_EXE_fwagent");
+    // FWAGENT_BENCH_BIN=target/dist/fwagent measures another build (the shipped one).
+    let bin_override = std::env::var("FWAGENT_BENCH_BIN").ok();
+    let bin = bin_override
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_fwagent"));
     let e = exim.display().to_string();
     let d = distinct.display().to_string();
     let lines = 1_000_000f64;
