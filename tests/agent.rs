@@ -727,17 +727,24 @@ fn control_socket_ban_unban_status_and_refusals() {
     assert!(r.ok, "{}", r.message);
     let net = lab.wait_banned("198.18.0.0/16");
     assert_eq!((net.set.as_str(), net.timeout), ("nets4", None));
-    // Local, allow-listed and loopback addresses are refused without force.
-    for t in [
-        "198.51.100.77",
-        "203.0.113.20",
-        "127.0.0.1",
-        "::1",
-        "198.51.100.0/24",
+    // Local, allow-listed and loopback addresses are refused without force, saying why.
+    for (t, why) in [
+        ("198.51.100.77", "198.51.100.77 is an address of this host"),
+        (
+            "203.0.113.20",
+            "203.0.113.20 is allow-listed (allow entry 203.0.113.20/32)",
+        ),
+        (
+            "127.0.0.1",
+            "127.0.0.1 is a loopback, link-local, multicast",
+        ),
+        ("::1", "::1 is a loopback"),
+        ("198.51.100.0/24", "198.51.100.0/24 holds 198.51.100."),
     ] {
         let r = ban(t, None, false);
         assert!(!r.ok, "{t} was banned without force");
         assert!(r.message.contains("refusing"), "{t}: {}", r.message);
+        assert!(r.message.contains(why), "{t}: {}", r.message);
     }
     assert_eq!(lab.elements().len(), 3, "{:?}", lab.banned());
     // With force the admin gets what they asked for.

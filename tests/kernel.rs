@@ -656,7 +656,7 @@ fn network_bans_drop_inside_and_only_inside() {
     let out = host.fwagent(&["ban", "198.51.100.0/28", "203.0.113.0/24"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("198.51.100.0/28 is a loopback, local"),
+        String::from_utf8_lossy(&out.stderr).contains("198.51.100.0/28 holds 198.51.100."),
         "{out:?}"
     );
     let ruleset = host.output("nft", &["list", "ruleset"]);

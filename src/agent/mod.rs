@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, watch as tokio_watch};
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::control::{Request, Response};
 use crate::detect::{
-    Detector, EXPIRY_SLACK, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence, RuleError,
+    Detector, EXPIRY_SLACK, Key, LocalAddrs, Matcher, NeverBan, Observation, Offence, Protection,
+    RuleError,
 };
 use crate::duration::Human;
 use crate::follow::{self, Batch, Checkpoint, FollowOptions, SourceHandle, SourceId, StartAt};
@@ -152,22 +153,52 @@ pub fn manual_target(never: &NeverBan, t: Target, force: bool) -> Result<Target,
     if force {
         return Ok(t);
     }
-    let refuse = |what: String| {
+    let refuse = |what: String, why: Protection, network: bool| {
+        let why = match (why, network) {
+            (Protection::Local(ip), true) => format!("holds {ip}, an address of this host"),
+            (Protection::Local(_), false) => "is an address of this host".to_string(),
+            (Protection::AllowListed(n), true) => format!("overlaps allow entry {n}"),
+            (Protection::AllowListed(n), false) => format!("is allow-listed (allow entry {n})"),
+            (Protection::Special, true) => {
+                "overlaps loopback, link-local, multicast or other non-routable addresses"
+                    .to_string()
+            }
+            (Protection::Special, false) => {
+                "is a loopback, link-local, multicast or other non-routable address".to_string()
+            }
+        };
         Err(format!(
-            "{what} is a loopback, local or allow-listed address (or holds one): refusing to ban it (--force overrides)"
+            "{what} {why}: refusing to ban it (--force overrides; you may lock yourself out)"
         ))
     };
+    let address = |ip: IpAddr| never.why_protected(ip);
     match t {
-        Target::V4(a) if never.is_protected(IpAddr::V4(a)) => refuse(a.to_string()),
-        Target::V6Exact(a) if never.is_protected(IpAddr::V6(a)) => refuse(a.to_string()),
+        Target::V4(a) => match address(IpAddr::V4(a)) {
+            Some(why) => refuse(a.to_string(), why, false),
+            None => Ok(t),
+        },
+        Target::V6Exact(a) => match address(IpAddr::V6(a)) {
+            Some(why) => refuse(a.to_string(), why, false),
+            None => Ok(t),
+        },
         Target::V6Prefix(a) => match never.key_for(IpAddr::V6(a)) {
             Some(Key::V6Exact(x)) => Ok(Target::V6Exact(x)),
             Some(_) => Ok(Target::V6Prefix(a)),
-            None => refuse(a.to_string()),
+            // key_for refuses only protected addresses; when in doubt, do not ban.
+            None => refuse(
+                a.to_string(),
+                address(IpAddr::V6(a)).unwrap_or(Protection::Special),
+                false,
+            ),
         },
-        Target::Net4(n) if never.covers_protected(IpNet::V4(n)) => refuse(n.to_string()),
-        Target::Net6(n) if never.covers_protected(IpNet::V6(n)) => refuse(n.to_string()),
-        t => Ok(t),
+        Target::Net4(n) => match never.why_covered(IpNet::V4(n)) {
+            Some(why) => refuse(n.to_string(), why, true),
+            None => Ok(t),
+        },
+        Target::Net6(n) => match never.why_covered(IpNet::V6(n)) {
+            Some(why) => refuse(n.to_string(), why, true),
+            None => Ok(t),
+        },
     }
 }
 

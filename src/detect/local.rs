@@ -65,10 +65,10 @@ impl LocalAddrs {
         set.contains(&normalise(ip))
     }
 
-    /// True when any local address falls inside `net`.
-    pub fn any_in(&self, net: &IpNet) -> bool {
+    /// The smallest local address inside `net`, if any.
+    pub fn first_in(&self, net: &IpNet) -> Option<IpAddr> {
         let set = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        set.iter().any(|a| net.contains(a))
+        set.iter().filter(|a| net.contains(*a)).min().copied()
     }
 
     /// A copy of the current set, sorted.

@@ -47,7 +47,7 @@ pub use addr::{AddrError, Key, parse_host};
 pub use history::{Escalation, History};
 pub use local::LocalAddrs;
 pub use matcher::Matcher;
-pub use never::NeverBan;
+pub use never::{NeverBan, Protection};
 pub use rules::{Extract, Rule, RuleError, RuleSpec};
 pub use timestamp::{TimeReader, TimestampFormat};
 pub use window::{RuleId, Windows};

@@ -62,7 +62,18 @@ impl NeverBan {
 
     /// True when `ip` must never be counted or banned.
     pub fn is_protected(&self, ip: IpAddr) -> bool {
-        special(ip) || self.allow.iter().any(|n| n.contains(&ip)) || self.local.contains(ip)
+        self.why_protected(ip).is_some()
+    }
+
+    /// Why `ip` must never be counted or banned, or `None` when it may be.
+    pub fn why_protected(&self, ip: IpAddr) -> Option<Protection> {
+        if special(ip) {
+            return Some(Protection::Special);
+        }
+        if let Some(n) = self.allow.iter().find(|n| n.contains(&ip)) {
+            return Some(Protection::AllowListed(*n));
+        }
+        self.local.contains(ip).then_some(Protection::Local(ip))
     }
 
     /// The key to count and ban for an offender at `ip`, or `None` when `ip` is protected.
@@ -87,33 +98,13 @@ impl NeverBan {
 
     /// True when banning `net` would also cover an address we must never ban.
     fn prefix_holds_protected(&self, net: Ipv6Net) -> bool {
-        let wide = IpNet::V6(net);
-        // Special ranges overlapping the prefix (e.g. a /64 around ::1 or fe80::).
-        let special_v6: [Ipv6Net; 3] = [
-            Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 127).expect("static prefix"),
-            Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10).expect("static prefix"),
-            Ipv6Net::new(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8).expect("static prefix"),
-        ];
-        special_v6
-            .iter()
-            .any(|s| s.contains(&net) || net.contains(s))
-            || self
-                .allow
-                .iter()
-                .any(|a| a.contains(&wide) || wide.contains(a))
-            || self.local.any_in(&wide)
+        self.why_net_protected(IpNet::V6(net)).is_some()
     }
-}
 
-impl NeverBan {
-    /// True when banning `net` (an address, an IPv6 prefix or a manual network ban) would
-    /// also cover an address we must never ban. Used for manual bans and when a reload
-    /// allow-lists part of an existing ban.
-    pub fn covers_protected(&self, net: IpNet) -> bool {
-        match net {
-            IpNet::V4(n) if n.prefix_len() == 32 => self.is_protected(IpAddr::V4(n.addr())),
-            IpNet::V6(n) if n.prefix_len() == 128 => self.is_protected(IpAddr::V6(n.addr())),
-            IpNet::V6(n) => self.prefix_holds_protected(n.trunc()),
+    /// Why banning the network `net` would hit an address we must never ban: a special
+    /// range, an allow-list entry or a local address overlapping it.
+    fn why_net_protected(&self, net: IpNet) -> Option<Protection> {
+        let special_overlaps = match net {
             IpNet::V4(n) => {
                 let special_v4: [Ipv4Net; 5] = [
                     "0.0.0.0/8".parse().expect("static network"),
@@ -123,12 +114,59 @@ impl NeverBan {
                     "255.255.255.255/32".parse().expect("static network"),
                 ];
                 special_v4.iter().any(|s| s.contains(&n) || n.contains(s))
-                    || self
-                        .allow
-                        .iter()
-                        .any(|a| a.contains(&net) || net.contains(a))
-                    || self.local.any_in(&net)
             }
+            // Special ranges overlapping the prefix (e.g. a /64 around ::1 or fe80::).
+            IpNet::V6(n) => {
+                let special_v6: [Ipv6Net; 3] = [
+                    Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 127).expect("static prefix"),
+                    Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)
+                        .expect("static prefix"),
+                    Ipv6Net::new(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8)
+                        .expect("static prefix"),
+                ];
+                special_v6.iter().any(|s| s.contains(&n) || n.contains(s))
+            }
+        };
+        if special_overlaps {
+            return Some(Protection::Special);
+        }
+        if let Some(a) = self
+            .allow
+            .iter()
+            .find(|a| a.contains(&net) || net.contains(*a))
+        {
+            return Some(Protection::AllowListed(*a));
+        }
+        self.local.first_in(&net).map(Protection::Local)
+    }
+}
+
+/// Why an address or network is never banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Unspecified, loopback, multicast, link-local or broadcast (or overlapping such a range).
+    Special,
+    /// Inside, or holding, this allow-list entry.
+    AllowListed(IpNet),
+    /// This address of a local interface is, or is inside, the target.
+    Local(IpAddr),
+}
+
+impl NeverBan {
+    /// True when banning `net` (an address, an IPv6 prefix or a manual network ban) would
+    /// also cover an address we must never ban. Used for manual bans and when a reload
+    /// allow-lists part of an existing ban.
+    pub fn covers_protected(&self, net: IpNet) -> bool {
+        self.why_covered(net).is_some()
+    }
+
+    /// Why banning `net` would hit an address we must never ban, or `None`.
+    pub fn why_covered(&self, net: IpNet) -> Option<Protection> {
+        match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.why_protected(IpAddr::V4(n.addr())),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.why_protected(IpAddr::V6(n.addr())),
+            IpNet::V6(n) => self.why_net_protected(IpNet::V6(n.trunc())),
+            IpNet::V4(n) => self.why_net_protected(IpNet::V4(n.trunc())),
         }
     }
 }
@@ -192,6 +230,40 @@ mod tests {
         for s in ["198.51.100.7", "2001:db8::1", "fec0::1"] {
             assert!(n.key_for(s.parse().unwrap()).is_some(), "{s}");
         }
+    }
+
+    #[test]
+    fn reasons_name_the_class_the_entry_or_the_local_address() {
+        let n = never(&["203.0.113.20/32", "2001:db8:feed::/48"]);
+        n.local().insert("198.51.100.77".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(n.why_protected(ip("127.0.0.1")), Some(Protection::Special));
+        assert_eq!(
+            n.why_protected(ip("203.0.113.20")),
+            Some(Protection::AllowListed(net("203.0.113.20/32")))
+        );
+        assert_eq!(
+            n.why_protected(ip("198.51.100.77")),
+            Some(Protection::Local(ip("198.51.100.77")))
+        );
+        assert_eq!(n.why_protected(ip("198.51.100.78")), None);
+        assert_eq!(
+            n.why_covered(net("198.51.100.0/24")),
+            Some(Protection::Local(ip("198.51.100.77")))
+        );
+        assert_eq!(
+            n.why_covered(net("203.0.113.0/24")),
+            Some(Protection::AllowListed(net("203.0.113.20/32")))
+        );
+        assert_eq!(
+            n.why_covered(net("2001:db8:feed:1::/64")),
+            Some(Protection::AllowListed(net("2001:db8:feed::/48")))
+        );
+        assert_eq!(n.why_covered(net("fe80::/64")), Some(Protection::Special));
+        assert_eq!(n.why_covered(net("0.0.0.0/0")), Some(Protection::Special));
+        assert_eq!(n.why_covered(net("198.18.0.0/15")), None);
+        assert_eq!(n.why_covered(net("2001:db8:1::/64")), None);
     }
 
     #[test]
