@@ -257,9 +257,11 @@ impl Default for Config {
 /// A configuration error: file, line (when known), key (when known) and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}", path.display())]
+    #[error("reading config {}{hint}", path.display())]
     Read {
         path: PathBuf,
+        /// Advice for a common cause, or empty.
+        hint: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -285,6 +287,12 @@ impl Config {
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
+            // The unit runs the agent as an unprivileged user (DynamicUser).
+            hint: if source.kind() == std::io::ErrorKind::PermissionDenied {
+                " (the service runs as an unprivileged user and must read it: chmod 0644)"
+            } else {
+                ""
+            },
             source,
         })?;
         Config::parse(&text, Some(&path))

@@ -161,3 +161,31 @@ fn exposure_level_is_at_most_2() {
     eprintln!("systemd-analyze security --offline=true: exposure {level}");
     assert!(level <= 2.0, "exposure {level} > 2.0:\n{stdout}");
 }
+
+/// The service runs as a dynamic unprivileged user: every install step that README and the
+/// unit's header give for a file the service reads must leave it readable by others.
+#[test]
+fn installed_files_the_service_reads_are_readable_by_its_user() {
+    let readme = include_str!("../README.md");
+    let mut checked = 0;
+    for line in readme.lines().chain(UNIT.lines()) {
+        let line = line.trim_start_matches('#').trim();
+        let Some(rest) = line.split("install -D -m ").nth(1) else {
+            continue;
+        };
+        let mode = rest.split_whitespace().next().unwrap_or("");
+        let mode = u32::from_str_radix(mode, 8).unwrap_or_else(|_| panic!("mode in {line:?}"));
+        if line.contains("/etc/fwagent/fwagent.toml") || line.contains("/usr/local/bin/fwagent") {
+            assert_eq!(
+                mode & 0o004,
+                0o004,
+                "not readable by the service user: {line:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "install steps for the binary and the config not found"
+    );
+}

@@ -53,6 +53,11 @@ if [ -n "$BIN" ]; then
 fi
 UNIT=$REPO/dist/fwagent.service
 if [ -f "$UNIT" ]; then
+  # As README's install steps do: the sample config (the defaults, spelled out), so the
+  # service proves it can read /etc/fwagent/fwagent.toml as its unprivileged user.
+  if [ -f "$REPO/dist/fwagent.toml" ]; then
+    install -D -m 0644 "$REPO/dist/fwagent.toml" /etc/fwagent/fwagent.toml
+  fi
   install -m 0644 "$UNIT" /etc/systemd/system/fwagent.service
   systemctl daemon-reload
   systemctl enable --now fwagent.service
