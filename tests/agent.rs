@@ -794,6 +794,37 @@ fn control_socket_ban_unban_status_and_refusals() {
     });
     assert!(r.ok, "{}", r.message);
     assert!(r.message.starts_with("unbanned 2"), "{}", r.message);
+    assert!(
+        r.message.contains("lifted 198.51.100.99, 2001:db8:5::/64"),
+        "{}",
+        r.message
+    );
+    assert_eq!(lab.banned(), ["198.18.0.0/16"]);
+    // Unbanning one address inside a manual network lifts nothing, IPv4 and IPv6 alike:
+    // a network is lifted by naming it.
+    let r = lab.control(&Request::Ban {
+        targets: vec!["2001:db8:9::/48".into()],
+        seconds: Some(600),
+        force: false,
+    });
+    assert!(r.ok, "{}", r.message);
+    lab.wait_banned("2001:db8:9::/48");
+    for inside in ["198.18.3.4", "2001:db8:9:1::5"] {
+        let r = lab.control(&Request::Unban {
+            targets: vec![inside.into()],
+        });
+        assert!(r.ok, "{}", r.message);
+        assert!(
+            r.message.starts_with("unbanned 0"),
+            "{inside}: {}",
+            r.message
+        );
+    }
+    assert_eq!(lab.banned(), ["198.18.0.0/16", "2001:db8:9::/48"]);
+    let r = lab.control(&Request::Unban {
+        targets: vec!["2001:db8:9::/48".into()],
+    });
+    assert!(r.message.starts_with("unbanned 1"), "{}", r.message);
     assert_eq!(lab.banned(), ["198.18.0.0/16"]);
     lab.stop();
     lab.start_config();

@@ -1197,12 +1197,20 @@ impl Agent {
                     if let Ok(p) = Ipv6Net::new(a, self.schema.ipv6_prefix) {
                         nets.push(IpNet::V6(p.trunc()));
                     }
-                    // A ban made under an earlier ipv6_prefix (before a reload) covers the
-                    // address by another prefix length: lift prefix bans (≥ /48, the
-                    // narrowest setting) that hold it, but not wider manual networks.
-                    nets.extend(self.bans.keys().filter(
-                        |n| matches!(n, IpNet::V6(p) if p.prefix_len() >= 48 && p.contains(&a)),
-                    ));
+                    // A detector ban made under an earlier ipv6_prefix (before a reload)
+                    // covers the address by another prefix length: lift such prefix bans
+                    // (≥ /48, the widest setting) that hold it. Manual network bans are
+                    // lifted only by naming them, as for IPv4.
+                    nets.extend(
+                        self.bans
+                            .iter()
+                            .filter(|b| {
+                                b.rule != state::MANUAL
+                                    && matches!(b.target, IpNet::V6(p)
+                                        if p.prefix_len() >= 48 && p.contains(&a))
+                            })
+                            .map(|b| b.target),
+                    );
                 }
                 Ok(t) => nets.push(target_net(t, self.schema.ipv6_prefix)),
                 Err(e) => return Response::err(format!("{e}; nothing was unbanned")),
@@ -1210,14 +1218,28 @@ impl Agent {
         }
         nets.sort();
         nets.dedup();
+        let known: Vec<String> = nets
+            .iter()
+            .filter(|n| self.bans.contains(n))
+            .map(|n| show_net(*n))
+            .collect();
         let (removed, _) = self.unban_nets(&nets).await;
-        Response::ok(
-            format!(
-                "unbanned {removed}; {} not banned",
-                texts.len().saturating_sub(removed)
-            ),
-            serde_json::Value::Null,
-        )
+        let mut msg = format!(
+            "unbanned {removed}; {} not banned",
+            texts.len().saturating_sub(removed)
+        );
+        if removed > 0 && !known.is_empty() {
+            const SHOWN: usize = 10;
+            msg.push_str(&format!(
+                " (lifted {}",
+                known[..known.len().min(SHOWN)].join(", ")
+            ));
+            if known.len() > SHOWN {
+                msg.push_str(&format!(" and {} more", known.len() - SHOWN));
+            }
+            msg.push(')');
+        }
+        Response::ok(msg, serde_json::Value::Null)
     }
 
     /// The agent's own figures, for `status` (the kernel's are read by the caller).
