@@ -401,7 +401,10 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
         if n.prefix_len() == 0 {
             return Err(format!("{t:?}: refusing to ban every IPv4 address"));
         }
-        return Ok(Target::Net4(n.trunc()));
+        if n != n.trunc() {
+            return Err(host_bits(t, n.trunc()));
+        }
+        return Ok(Target::Net4(n));
     }
     if let Ok(n) = t.parse::<Ipv6Net>() {
         if n.prefix_len() == 128 {
@@ -410,9 +413,18 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
         if n.prefix_len() == 0 {
             return Err(format!("{t:?}: refusing to ban every IPv6 address"));
         }
-        return Ok(Target::Net6(n.trunc()));
+        if n != n.trunc() {
+            return Err(host_bits(t, n.trunc()));
+        }
+        return Ok(Target::Net6(n));
     }
     Err(format!("{t:?} is not an IP address or network"))
+}
+
+/// The refusal for a network written with host bits (`203.0.113.7/24`): it may be a typo
+/// for the address or for the network, so neither is guessed (as in the config's allow-list).
+fn host_bits(text: &str, net: impl std::fmt::Display) -> String {
+    format!("{text:?} has host bits set; did you mean {net}?")
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ fn parses_targets_strictly() {
             Target::V4(Ipv4Addr::new(198, 51, 100, 7)),
         ),
         (
-            "203.0.113.9/24",
+            "203.0.113.0/24",
             Target::Net4("203.0.113.0/24".parse().unwrap()),
         ),
         (
@@ -213,6 +213,8 @@ fn parses_targets_strictly() {
         "0.0.0.0/0",
         "::/0",
         "198.51.100.7/33",
+        "203.0.113.7/24",
+        "2001:db8:1::5/48",
         "example.com",
         "198.51.100.7 ",
     ]
@@ -221,6 +223,10 @@ fn parses_targets_strictly() {
     {
         assert!(parse_target(bad).is_err(), "{bad:?} must be rejected");
     }
+    assert_eq!(
+        parse_target("203.0.113.7/24"),
+        Err("\"203.0.113.7/24\" has host bits set; did you mean 203.0.113.0/24?".into())
+    );
 }
 
 fn hex(b: &[u8]) -> String {
