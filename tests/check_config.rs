@@ -27,11 +27,22 @@ fn check(text: &str) -> (Option<i32>, String, String) {
 
 #[test]
 fn a_good_config_prints_the_effective_values() {
-    let (code, out, _) = check("[ban]\ntime = \"12h\"\n");
+    let (code, out, _) = check("[ban]\ntime = \"12h\"\n[rules.sshd]\nmax_hits = 3\n");
     assert_eq!(code, Some(0));
     assert!(out.starts_with("# configuration OK: CFG"), "{out}");
     assert!(out.contains("time = \"12h\""), "{out}");
     assert!(out.contains("path = \"/var/log/exim4/mainlog\""), "{out}");
+    // Every rule as it will run, built-in defaults included, overrides applied.
+    assert!(
+        out.contains("#   exim-ratelimit  max_hits = 3, find_time = 1h, ban_time = 1d\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "#   sshd            max_hits = 3, find_time = 10m, ban_time = 1h  (no source uses it)"
+        ),
+        "{out}"
+    );
 }
 
 #[test]
