@@ -269,6 +269,15 @@ pub enum ConfigError {
     Invalid { location: String, message: String },
 }
 
+/// serde names Rust types in its messages (`expected usize`); an admin reads numbers.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_string();
+    for ty in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
+        m = m.replace(&format!("expected {ty}"), "expected a whole number");
+    }
+    m.replace("expected f64", "expected a number")
+}
+
 /// The text and path the configuration was read from; used to locate keys for messages.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Origin {
@@ -305,7 +314,7 @@ impl Config {
             text: text.to_string(),
         };
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim_end().to_string();
+            let message = plain_types(e.message().trim_end());
             let location = match e.span() {
                 Some(span) => origin.describe_span(span),
                 None => origin.file_name(),
@@ -680,6 +689,14 @@ timestamp = "rfc3339"
             cfg.locate(&["rules", "my-app", "patterns"]),
             "<embedded default config>:5: key rules.my-app.patterns"
         );
+    }
+
+    #[test]
+    fn type_errors_speak_of_numbers_not_rust_types() {
+        let e = Config::parse("[ban]\nmax_tracked = \"lots\"\n", None).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("expected a whole number"), "{msg}");
+        assert!(msg.contains("key ban.max_tracked"), "{msg}");
     }
 
     #[test]

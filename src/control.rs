@@ -78,7 +78,7 @@ impl Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// No agent listens: the caller should act on the kernel directly.
-    #[error("no agent is running (no socket at {})", .0.display())]
+    #[error("no agent is running (no socket at {}; an agent started with --state-dir DIR listens in DIR: pass the same --state-dir)", .0.display())]
     NoAgent(PathBuf),
     #[error("talking to the agent at {}: {source}", path.display())]
     Io {

@@ -577,10 +577,11 @@ impl Agent {
                     format!("byte {} (checkpoint)", p.offset)
                 }
             };
-            if !src.path.exists() {
-                tracing::warn!(path = %src.path.display(), "followed file does not exist yet; it will be read from its first line when it appears");
+            if src.path.exists() {
+                tracing::info!(path = %src.path.display(), rules = ?src.rules, from = %from, "following");
+            } else {
+                tracing::warn!(path = %src.path.display(), rules = ?src.rules, "following a file that does not exist yet; it will be read from its first line when it appears");
             }
-            tracing::info!(path = %src.path.display(), rules = ?src.rules, from = %from, "following");
             let mut rx = self.stop_followers.subscribe();
             let handle = follow::spawn_file(
                 SourceId(i),
@@ -1162,7 +1163,7 @@ impl Agent {
                 hits: 0,
                 times_banned: times,
             };
-            tracing::info!(address = %net, rule = state::MANUAL, duration = %Human(dur), "banned");
+            tracing::info!(address = %net, rule = %state::MANUAL, duration = %Human(dur), "banned");
             mark_one_banned(
                 &mut self.detector,
                 ban.target,

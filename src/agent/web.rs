@@ -227,7 +227,10 @@ async fn refresher(hub: Arc<Hub>, feed: Feed, every: Duration, full: bool) {
                 Err(e) => Some(format!("the kernel read stopped: {e}")),
             }
         };
-        if let Some(e) = &error {
+        // A dry run has no kernel by design: nothing to warn about.
+        if let Some(e) = &error
+            && feed.kernel.is_some()
+        {
             tracing::warn!(error = %e, "status: cannot read the kernel");
         }
         let kernel = KernelInput {

@@ -74,6 +74,8 @@ pub struct BanArgs {
 pub struct UnbanArgs {
     #[command(flatten)]
     common: Common,
+    /// Addresses or networks (an IPv6 address also lifts the prefix ban that holds it; a
+    /// network ban is lifted by naming the network)
     #[arg(value_name = "ADDR|CIDR", required = true)]
     targets: Vec<String>,
 }
@@ -470,7 +472,19 @@ pub fn list(a: ListArgs) -> Result<ExitCode> {
     };
     let s = &st.schema;
     let mut nft = open()?;
-    let elems = nft.elements(s)?;
+    let mut elems = match nft.elements(s) {
+        Ok(e) => e,
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            eprintln!(
+                "fwagent: table inet {} does not exist, so nothing is banned (the agent or `fwagent setup` creates it)",
+                s.table
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Sets in schema order, addresses in numeric order.
+    elems.sort_by_key(|e| (nft::schema::SETS.iter().position(|n| *n == e.set), e.target));
     let mut out = std::io::stdout().lock();
     if a.json {
         let v: Vec<JsonElement> = elems.iter().map(|e| json_element(e, s)).collect();

@@ -43,7 +43,7 @@ pub struct ScanArgs {
     #[arg(long = "rule", value_name = "NAME")]
     rules: Vec<String>,
     /// Take rules, allow-list and limits from this config file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

@@ -54,7 +54,7 @@ impl Nft {
                 // Two would fight over the bans, so this one must not go on.
                 return Err(NftError::kernel(
                     format!(
-                        "taking ownership of table inet {} (owned by netlink port {})",
+                        "taking ownership of table inet {} (owned by netlink port {}: is another fwagent running, with another --state-dir?)",
                         s.table,
                         current.owner.unwrap_or(0)
                     ),
