@@ -393,16 +393,22 @@ def cmd_status(a):
 
 def cmd_dashboard(a):
     """Polls the agent's /api/status (the JSON the dashboard page renders) until its blocked
-    count and per-hook drops equal the kernel's, or the timeout ends (the page's snapshot is
-    refreshed in the background, every 30 s by default)."""
+    count and per-hook drops are the kernel's: equal to the kernel's now, or - while bots'
+    retransmissions still hit the drop rules - equal to what the kernel held when the page's
+    snapshot was read (`kernel_read_at_unix`, refreshed every 30 s by default). The kernel is
+    sampled twice a second meanwhile; a snapshot read at second T must lie between the
+    samples taken just before T and just after T+1. Fails at the timeout."""
     import urllib.request
     nft = Nft()
     t0 = time.monotonic()
     last = {}
+    samples = []  # (unix time, kernel figures)
     while time.monotonic() - t0 < a.timeout:
         sets = table_elems(nft, a.family, a.table) or {}
         kernel = {"blocked": sum(len(s) for s in sets.values()),
                   "drops": drop_packets(nft, a.family, a.table)}
+        samples.append((time.time(), kernel))
+        at = None
         try:
             with urllib.request.urlopen(a.url, timeout=5) as r:
                 page = json.load(r)
@@ -410,6 +416,7 @@ def cmd_dashboard(a):
             for d in page.get("drops", []):
                 drops[d["hook"]] = drops.get(d["hook"], 0) + d.get("packets", 0)
             shown = {"blocked": page.get("blocked", {}).get("total"), "drops": drops}
+            at = page.get("kernel_read_at_unix")
         except Exception as e:  # noqa: BLE001 - reported, then retried
             shown = {"error": str(e)}
         last = {"kernel": kernel, "dashboard": shown,
@@ -419,7 +426,19 @@ def cmd_dashboard(a):
             last["equal"] = True
             print(json.dumps(last))
             return
-        time.sleep(1)
+        if isinstance(at, int):
+            before = [k for t, k in samples if at - 1 <= t <= at]
+            after = [k for t, k in samples if at + 1 <= t <= at + 2]
+            if before and after:
+                lo, hi = before[0], after[-1]
+                last["kernel_at_snapshot"] = {"before": lo, "after": hi}
+                if lo["blocked"] == hi["blocked"] == shown.get("blocked") and all(
+                        lo["drops"].get(h, 0) <= shown.get("drops", {}).get(h, -1) <= n
+                        for h, n in hi["drops"].items()):
+                    last["equal"] = True
+                    print(json.dumps(last))
+                    return
+        time.sleep(0.5)
     last["equal"] = False
     print(json.dumps(last))
 
