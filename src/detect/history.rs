@@ -73,7 +73,8 @@ pub struct History {
 #[serde(from = "Vec<u64>", into = "Vec<u64>")]
 enum Times {
     One(u64),
-    /// Any other number, sorted (may be empty while being edited).
+    /// Any other number, sorted (empty only when a prune or pop emptied it: the key is then
+    /// removed at once).
     Many(Box<[u64]>),
 }
 
